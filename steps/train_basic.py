@@ -1,0 +1,101 @@
+"""Entry point `train_basic`: train, evaluate, log and register one LightGBM pipeline."""
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabular_mlops import data, evaluation, registry, tracking
+from tabular_mlops.cli import (
+    ArgumentParser,
+    configure_logging,
+    number,
+    run_entry_point,
+    unset_or,
+    whole_number,
+)
+from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
+from tabular_mlops.pipeline import build_pipeline
+
+ENTRY_POINT = "train_basic"
+logger = logging.getLogger(__name__)
+
+# Parameter -> config key it overrides.
+OVERRIDES = {
+    "data_path": "data.path",
+    "target": "data.target",
+    "positive_label": "data.positive_label",
+    "test_size": "split.test_size",
+    "seed": "split.seed",
+    "n_estimators": "model.n_estimators",
+    "learning_rate": "model.learning_rate",
+    "num_leaves": "model.num_leaves",
+    "registered_model_name": "tracking.registered_model_name",
+}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    model_uri: str
+    registered_version: str
+    metrics: dict[str, float]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = ArgumentParser(prog=ENTRY_POINT, description=__doc__)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    text = unset_or(str)
+    parser.add_argument("--data-path", type=text)
+    parser.add_argument("--target", type=text)
+    parser.add_argument("--positive-label", type=text)
+    parser.add_argument("--test-size", type=unset_or(number))
+    parser.add_argument("--seed", type=unset_or(whole_number))
+    parser.add_argument("--n-estimators", type=unset_or(whole_number))
+    parser.add_argument("--learning-rate", type=unset_or(number))
+    parser.add_argument("--num-leaves", type=unset_or(whole_number))
+    parser.add_argument("--registered-model-name", type=text)
+    return parser.parse_args(argv)
+
+
+def train_basic(config: ProjectConfig) -> TrainResult:
+    with tracking.project_run(config, ENTRY_POINT) as run:
+        tracking.log_config(config)
+        table = data.load_table(config.data)
+        tracking.log_dataset(table)
+        parts = data.split(table, config.split)
+        logger.info("train %d rows, test %d rows", len(parts.y_train), len(parts.y_test))
+
+        pipeline = build_pipeline(table.spec, config.model, seed=config.split.seed)
+        pipeline.fit(parts.X_train, parts.y_train)
+        model_info = tracking.log_pipeline(pipeline, parts.X_train, config.tracking)
+
+        metrics = evaluation.evaluate(model_info.model_uri, parts.X_test, parts.y_test)
+        probabilities = pipeline.predict_proba(parts.X_test)[:, 1]
+        metrics |= evaluation.log_probability_metrics(parts.y_test, probabilities)
+        evaluation.log_feature_importance(pipeline)
+
+        name, alias = config.tracking.registered_model_name, config.tracking.alias
+        version = registry.register(model_info.model_uri, name, alias)
+        rows = config.tracking.prediction_sample_rows
+        evaluation.log_sample_predictions(
+            registry.alias_uri(name, alias),
+            parts.X_test.head(rows),
+            parts.y_test.head(rows),
+            parts.ids_test.head(rows),
+        )
+    for metric in evaluation.HEADLINE_METRICS:
+        logger.info("test %s = %.4f", metric, metrics[metric])
+    return TrainResult(run.info.run_id, model_info.model_uri, version.version, metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = parse_args(argv)
+    overrides = {key: getattr(args, parameter) for parameter, key in OVERRIDES.items()}
+    return run_entry_point(lambda: train_basic(load_config(args.config, overrides)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

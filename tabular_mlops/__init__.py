@@ -1,0 +1,1 @@
+"""Reusable library of the project: config, data, pipeline, evaluation, tracking, registry."""

@@ -1,0 +1,164 @@
+"""The project's one config: a YAML file validated with pydantic, overridable per run."""
+
+import copy
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tabular_mlops.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/churn.yaml")
+
+# MLflow reserves `latest` (any case) and `v<N>` for its own model URIs.
+_RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
+_ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    path: Path
+    target: str = Field(min_length=1)
+    # Value of `target` that counts as the positive class; may be omitted for 0/1 or bool targets.
+    positive_label: str | int | float | bool | None = None
+    id_columns: list[str] = []
+    # None: inferred from the table's dtypes (numbers are numeric, the rest categorical).
+    numeric_features: list[str] | None = None
+    categorical_features: list[str] | None = None
+    min_rows: int = Field(100, ge=10)
+    min_rows_per_class: int = Field(10, ge=2)
+
+    @model_validator(mode="after")
+    def _columns_have_one_role(self) -> "DataConfig":
+        roles = {
+            "target": [self.target],
+            "id_columns": self.id_columns,
+            "numeric_features": self.numeric_features or [],
+            "categorical_features": self.categorical_features or [],
+        }
+        seen: dict[str, str] = {}
+        for role, columns in roles.items():
+            for column in columns:
+                if column in seen:
+                    where = role if seen[column] == role else f"{seen[column]} and {role}"
+                    raise ValueError(f"column {column!r} is listed twice ({where})")
+                seen[column] = role
+        if self.numeric_features == [] and self.categorical_features == []:
+            raise ValueError("no features: numeric_features and categorical_features are empty")
+        return self
+
+
+class SplitConfig(_Section):
+    test_size: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+
+
+class ModelConfig(_Section):
+    """LightGBM settings; `params` takes any other LGBMClassifier or LightGBM parameter."""
+
+    n_estimators: int = Field(300, ge=1)
+    learning_rate: float = Field(0.03, gt=0, le=1)
+    num_leaves: int = Field(15, ge=2)
+    params: dict[str, Any] = {}
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_lightgbm_parameters(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # Imported here because tabular_mlops.pipeline builds its estimator from ModelConfig.
+        from tabular_mlops.pipeline import MANAGED_PARAMS, unknown_lightgbm_params
+
+        if clash := sorted(set(params) & MANAGED_PARAMS):
+            raise ValueError(f"set {', '.join(clash)} outside model.params (it is managed)")
+        if unknown := unknown_lightgbm_params(params):
+            raise ValueError(f"unknown LightGBM parameter(s): {', '.join(unknown)}")
+        return params
+
+
+class TrackingConfig(_Section):
+    experiment_name: str = Field("churn", min_length=1)
+    # Name of the logged model inside its run (`runs:/<run_id>/<model_name>`).
+    model_name: str = Field("model", min_length=1)
+    registered_model_name: str = Field(min_length=1)
+    alias: str = "latest-model"
+    prediction_sample_rows: int = Field(20, ge=1)
+
+    @field_validator("alias")
+    @classmethod
+    def _alias_is_usable(cls, alias: str) -> str:
+        if _RESERVED_ALIAS.match(alias):
+            raise ValueError(f"alias {alias!r} is reserved by MLflow (latest, v<N>)")
+        if not _ALIAS_PATTERN.match(alias):
+            raise ValueError(f"alias {alias!r} may only hold letters, digits, '_' and '-'")
+        return alias
+
+
+class ProjectConfig(_Section):
+    data: DataConfig
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    tracking: TrackingConfig
+
+    def flat(self) -> dict[str, Any]:
+        """Settings as dotted keys (`model.n_estimators`), the form logged as run params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> ProjectConfig:
+    """Read `path`, apply dotted-key `overrides` (None values skipped) and validate."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"config file {path} cannot be read: {reason}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {raw!r}")
+    raw = copy.deepcopy(raw)
+    for dotted_key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, dotted_key, value)
+    try:
+        return ProjectConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"invalid config {path}: {_one_line(error)}") from None
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    *parents, leaf = dotted_key.split(".")
+    for key in parents:
+        tree = tree.setdefault(key, {})
+    tree[leaf] = value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _one_line(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            problems.append(f"{where}: required")
+        elif item["type"] == "extra_forbidden":
+            problems.append(f"{where}: unknown setting")
+        else:
+            shown = f" (got {item['input']!r})" if not isinstance(item["input"], dict) else ""
+            problems.append(f"{where}: {message}{shown}" if where else message)
+    return "; ".join(problems)

@@ -1,0 +1,271 @@
+"""Read a CSV/Parquet table, check it can train a binary classifier, and split it."""
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from tabular_mlops.config import DataConfig, SplitConfig
+from tabular_mlops.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
+    ".csv": pd.read_csv,
+    ".parquet": pd.read_parquet,
+    ".pq": pd.read_parquet,
+}
+
+# An inferred categorical column with this many distinct values, mostly unique, is
+# probably an identifier or free text: worth a warning.
+_ID_LIKE_MIN_DISTINCT = 50
+_ID_LIKE_MIN_UNIQUE_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+@dataclass(frozen=True)
+class LabeledTable:
+    """A table ready for training: typed model inputs, a 0/1 target and the row ids."""
+
+    source: Path
+    raw: pd.DataFrame  # the labelled rows as read, for `mlflow.log_input`
+    features: pd.DataFrame  # numeric columns float64, categorical columns str objects
+    target: pd.Series  # 1 for the positive class
+    ids: pd.DataFrame
+    spec: FeatureSpec
+    positive_label: Any
+
+
+@dataclass(frozen=True)
+class Split:
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+    ids_test: pd.DataFrame
+
+
+def load_table(config: DataConfig) -> LabeledTable:
+    """Read the configured file and validate it; every problem is a one-line DataError."""
+    return prepare(read_table(config.path), config)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(
+            f"unsupported data file type {path.suffix or '(none)'!r} for {path}: "
+            f"use one of {', '.join(READERS)}"
+        )
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        return reader(path)
+    except Exception as error:  # any parser failure means the same thing to the user
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise DataError(f"cannot read data file {path}: {reason}") from None
+
+
+def prepare(frame: pd.DataFrame, config: DataConfig) -> LabeledTable:
+    """Check `frame` against `config` and turn it into model inputs and a 0/1 target."""
+    source = config.path
+    if config.target not in frame.columns:
+        raise DataError(
+            f"target column {config.target!r} not in {source} (columns: {_preview(frame.columns)})"
+        )
+    listed = {
+        "data.id_columns": config.id_columns,
+        "data.numeric_features": config.numeric_features or [],
+        "data.categorical_features": config.categorical_features or [],
+    }
+    for setting, columns in listed.items():
+        if missing := [column for column in columns if column not in frame.columns]:
+            raise DataError(
+                f"column(s) listed in {setting} not in {source}: {', '.join(missing)} "
+                f"(columns: {_preview(frame.columns)})"
+            )
+
+    unlabeled = frame[config.target].isna()
+    if unlabeled.any():
+        logger.warning("dropping %d rows with no %r value", unlabeled.sum(), config.target)
+        frame = frame.loc[~unlabeled]
+
+    positive_label = _positive_label(frame[config.target], config)
+    target = (frame[config.target] == positive_label).astype("int64").rename(config.target)
+    _check_size(target, positive_label, config)
+
+    spec = _feature_spec(frame, config)
+    features = pd.DataFrame(
+        {column: _as_numeric(frame[column]) for column in spec.numeric}
+        | {column: _as_category(frame[column]) for column in spec.categorical},
+        index=frame.index,
+    )
+    logger.info(
+        "%s: %d rows, %d numeric and %d categorical features, %.1f%% positive (%s=%r)",
+        source,
+        len(frame),
+        len(spec.numeric),
+        len(spec.categorical),
+        100 * target.mean(),
+        config.target,
+        positive_label,
+    )
+    return LabeledTable(
+        source=source,
+        raw=frame,
+        features=features,
+        target=target,
+        ids=frame[config.id_columns],
+        spec=spec,
+        positive_label=positive_label,
+    )
+
+
+def split(table: LabeledTable, config: SplitConfig) -> Split:
+    """Seeded, stratified train/test split."""
+    try:
+        X_train, X_test, y_train, y_test, _, ids_test = train_test_split(
+            table.features,
+            table.target,
+            table.ids,
+            test_size=config.test_size,
+            random_state=config.seed,
+            stratify=table.target,
+        )
+    except ValueError as error:
+        raise DataError(
+            f"cannot split {table.source} with split.test_size={config.test_size}: {error}"
+        ) from None
+    return Split(X_train, X_test, y_train, y_test, ids_test)
+
+
+def _positive_label(target: pd.Series, config: DataConfig) -> Any:
+    classes = sorted(target.unique().tolist(), key=str)
+    if len(classes) < 2:
+        raise DataError(
+            f"target {config.target!r} in {config.path} has a single class "
+            f"({_preview(classes)}): a classifier needs two"
+        )
+    if len(classes) > 2:
+        raise DataError(
+            f"target {config.target!r} in {config.path} has {len(classes)} classes "
+            f"({_preview(classes)}): this project trains binary classifiers"
+        )
+    label = config.positive_label
+    if label is None:
+        if set(classes) <= {0, 1}:  # also matches False/True and 0.0/1.0
+            return next(value for value in classes if value == 1)
+        raise DataError(
+            f"set data.positive_label: target {config.target!r} holds {_preview(classes)}"
+        )
+    for value in classes:
+        if value == label or str(value) == str(label) or _same_number(value, label):
+            return value
+    raise DataError(
+        f"data.positive_label {label!r} is not a value of target {config.target!r} "
+        f"({_preview(classes)})"
+    )
+
+
+def _same_number(value: Any, label: Any) -> bool:
+    try:
+        return float(value) == float(label)
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_size(target: pd.Series, positive_label: Any, config: DataConfig) -> None:
+    if len(target) < config.min_rows:
+        raise DataError(
+            f"too few rows: {config.path} has {len(target)} labelled rows, "
+            f"data.min_rows is {config.min_rows}"
+        )
+    smallest = int(min(target.sum(), len(target) - target.sum()))
+    if smallest < config.min_rows_per_class:
+        which = positive_label if target.sum() == smallest else f"not {positive_label!r}"
+        raise DataError(
+            f"too few rows of class {which!r}: {smallest} in {config.path}, "
+            f"data.min_rows_per_class is {config.min_rows_per_class}"
+        )
+
+
+def _feature_spec(frame: pd.DataFrame, config: DataConfig) -> FeatureSpec:
+    """Listed features as given; a list left out is inferred from the remaining columns."""
+    taken = {config.target, *config.id_columns}
+    taken |= set(config.numeric_features or []) | set(config.categorical_features or [])
+    remaining = [column for column in frame.columns if column not in taken]
+
+    numeric = config.numeric_features
+    if numeric is None:
+        numeric = [c for c in remaining if pd.api.types.is_numeric_dtype(frame[c])]
+    categorical = config.categorical_features
+    if categorical is None:
+        categorical = [c for c in remaining if _is_categorical_dtype(frame[c])]
+        for column in categorical:
+            _warn_if_id_like(frame[column])
+    if ignored := [c for c in remaining if c not in numeric and c not in categorical]:
+        logger.warning("not used as features: %s", ", ".join(ignored))
+    if not numeric and not categorical:
+        raise DataError(f"no feature columns in {config.path} besides the target and ids")
+    return FeatureSpec(numeric=tuple(numeric), categorical=tuple(categorical))
+
+
+def _is_categorical_dtype(column: pd.Series) -> bool:
+    return not pd.api.types.is_numeric_dtype(column) and (
+        pd.api.types.is_string_dtype(column)
+        or pd.api.types.is_object_dtype(column)
+        or isinstance(column.dtype, pd.CategoricalDtype)
+    )
+
+
+def _warn_if_id_like(column: pd.Series) -> None:
+    distinct = column.nunique()
+    if distinct >= _ID_LIKE_MIN_DISTINCT and distinct >= _ID_LIKE_MIN_UNIQUE_RATIO * len(column):
+        logger.warning(
+            "column %r has %d distinct values in %d rows: if it is an identifier, "
+            "list it in data.id_columns",
+            column.name,
+            distinct,
+            len(column),
+        )
+
+
+def _as_numeric(column: pd.Series) -> pd.Series:
+    # float64 throughout: integer columns may hold missing values at serving time.
+    if pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
+        return column.astype("float64")
+    converted = pd.to_numeric(column, errors="coerce")
+    bad = converted.isna() & column.notna()
+    if bad.any():
+        raise DataError(
+            f"column {column.name!r} is listed as numeric but holds "
+            f"{int(bad.sum())} non-numeric values such as {column[bad].iloc[0]!r}"
+        )
+    return converted.astype("float64")
+
+
+def _as_category(column: pd.Series) -> pd.Series:
+    # Plain str objects with NaN for missing: the form a served request arrives in.
+    return column.astype(object).map(str, na_action="ignore").where(column.notna(), np.nan)
+
+
+def _preview(values: Iterable[Any], limit: int = 8) -> str:
+    values = list(values)
+    shown = ", ".join(
+        repr(value) if not isinstance(value, str) else value for value in values[:limit]
+    )
+    return shown + (f", ... ({len(values)} in all)" if len(values) > limit else "")

@@ -1,0 +1,120 @@
+"""The model: a scikit-learn Pipeline (impute, one-hot) ending in LightGBM.
+
+Built from stock scikit-learn and LightGBM classes only, so the logged sklearn-flavor
+model loads anywhere those libraries are installed, with no project code shipped.
+"""
+
+from functools import cache
+from importlib.metadata import version
+
+import numpy as np
+import pandas as pd
+from lightgbm import LGBMClassifier
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+from tabular_mlops.config import ModelConfig
+from tabular_mlops.data import FeatureSpec
+
+MISSING_CATEGORY = "__missing__"
+
+# Set from ModelConfig's own fields or the split seed, never through model.params.
+MANAGED_PARAMS = frozenset({"n_estimators", "learning_rate", "num_leaves", "random_state"})
+
+# Types skops must be told to trust when loading the fitted pipeline (tests check the list
+# is complete); listing them keeps the safe skops format instead of falling back to pickle.
+SKOPS_TRUSTED_TYPES = [
+    "collections.OrderedDict",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMClassifier",
+    "numpy.dtype",
+]
+
+# What a clean environment needs to load and run the logged pipeline.
+MODEL_REQUIREMENTS = ["mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "skops"]
+
+
+def build_pipeline(features: FeatureSpec, model: ModelConfig, seed: int) -> Pipeline:
+    # Missing categories arrive as NaN from files and as None from JSON requests; the
+    # NaN imputer must come first (the None one rejects NaN input).
+    categorical = Pipeline(
+        [
+            ("impute_nan", SimpleImputer(strategy="constant", fill_value=MISSING_CATEGORY)),
+            (
+                "impute_none",
+                SimpleImputer(
+                    missing_values=None, strategy="constant", fill_value=MISSING_CATEGORY
+                ),
+            ),
+            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+        ]
+    )
+    preprocess = ColumnTransformer(
+        [
+            # LightGBM treats NaN in numeric columns as missing natively.
+            ("numeric", "passthrough", list(features.numeric)),
+            ("categorical", categorical, list(features.categorical)),
+        ],
+        verbose_feature_names_out=False,
+    )
+    classifier = LGBMClassifier(
+        n_estimators=model.n_estimators,
+        learning_rate=model.learning_rate,
+        num_leaves=model.num_leaves,
+        random_state=seed,
+        verbose=-1,
+        **model.params,
+    )
+    return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+
+
+def input_column_of_encoded_features(pipeline: Pipeline) -> list[str]:
+    """For each column the classifier sees, the input column it was encoded from."""
+    preprocess: ColumnTransformer = pipeline.named_steps["preprocess"]
+    sources: list[str] = []
+    for name, transformer, columns in preprocess.transformers_:
+        if name == "numeric":
+            sources.extend(columns)
+        elif name == "categorical":
+            encoder: OneHotEncoder = transformer.named_steps["onehot"]
+            for column, categories in zip(columns, encoder.categories_, strict=True):
+                sources.extend([column] * len(categories))
+    return sources
+
+
+def feature_importance(pipeline: Pipeline) -> pd.DataFrame:
+    """Total gain per input column (one-hot columns summed), largest first."""
+    booster = pipeline.named_steps["classifier"].booster_
+    gain = booster.feature_importance(importance_type="gain")
+    frame = pd.DataFrame({"feature": input_column_of_encoded_features(pipeline), "gain": gain})
+    totals = frame.groupby("feature", sort=False)["gain"].sum()
+    return (
+        (totals / max(totals.sum(), np.finfo(float).tiny))
+        .rename("gain_share")
+        .sort_values(ascending=False)
+        .reset_index()
+    )
+
+
+def unknown_lightgbm_params(params: dict[str, object]) -> list[str]:
+    """Names LightGBM would not recognise (it only warns about them)."""
+    return sorted(name for name in params if name not in _lightgbm_param_names())
+
+
+@cache
+def _lightgbm_param_names() -> frozenset[str]:
+    # LightGBM's own table of parameters and aliases, plus the sklearn wrapper's arguments.
+    from lightgbm.basic import _ConfigAliases
+
+    names = set(LGBMClassifier().get_params())
+    for name, aliases in _ConfigAliases._get_all_param_aliases().items():
+        names.add(name)
+        names.update(aliases)
+    return frozenset(names)
+
+
+def pip_requirements() -> list[str]:
+    """Exact versions of what the logged model needs, as installed now."""
+    return [f"{package}=={version(package)}" for package in MODEL_REQUIREMENTS]

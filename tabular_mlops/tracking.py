@@ -1,0 +1,134 @@
+"""Runs and what goes into them: tags, config, dataset and the logged model."""
+
+import logging
+import subprocess
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import mlflow
+import pandas as pd
+from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_TRACKING_URI
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from sklearn.pipeline import Pipeline
+
+from tabular_mlops.config import ProjectConfig, TrackingConfig
+from tabular_mlops.data import LabeledTable
+from tabular_mlops.errors import UserInputError
+from tabular_mlops.pipeline import SKOPS_TRUSTED_TYPES, pip_requirements
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+MODEL_TYPE = "sklearn-pipeline-lightgbm"
+INPUT_EXAMPLE_ROWS = 5
+_MAX_TAG_LENGTH = 5000
+
+
+class Tag:
+    """Tags this project sets on its runs (MLflow's own `mlflow.*` tags come on top)."""
+
+    ENTRY_POINT = "entry_point"
+    GIT_COMMIT = "git_commit"
+    GIT_DIRTY = "git_dirty"
+    DATASET_DIGEST = "dataset_digest"
+    MODEL_TYPE = "model_type"
+    MODEL_URI = "model_uri"
+    ERROR = "error"
+
+
+def configure_tracking() -> str:
+    """Use MLFLOW_TRACKING_URI when set (a server, say), else the local sqlite store."""
+    if not MLFLOW_TRACKING_URI.defined:
+        # Explicit: a leftover ./mlruns file store would otherwise become MLflow's default.
+        mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
+    return mlflow.get_tracking_uri()
+
+
+@contextmanager
+def project_run(config: ProjectConfig, entry_point: str) -> Iterator[mlflow.ActiveRun]:
+    """The run an entry point logs to; it ends FAILED, with an `error` tag, on any error.
+
+    Under `mlflow run` that is the run MLflow opened (MLFLOW_RUN_ID), in the experiment
+    `mlflow run` chose; otherwise a new run in the config's experiment.
+    """
+    tracking_uri = configure_tracking()
+    if MLFLOW_RUN_ID.defined:
+        run = mlflow.start_run()
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        if experiment != config.tracking.experiment_name:
+            logger.warning(
+                "logging to experiment %r chosen by `mlflow run`; config names %r: "
+                "pass --experiment-name %s to use it",
+                experiment,
+                config.tracking.experiment_name,
+                config.tracking.experiment_name,
+            )
+    else:
+        mlflow.set_experiment(config.tracking.experiment_name)
+        run = mlflow.start_run(run_name=entry_point)
+    logger.info("run %s in %s", run.info.run_id, tracking_uri)
+    with run:
+        mlflow.set_tags({Tag.ENTRY_POINT: entry_point, Tag.MODEL_TYPE: MODEL_TYPE, **git_tags()})
+        try:
+            yield run
+        except Exception as error:
+            reason = str(error) if isinstance(error, UserInputError) else repr(error)
+            mlflow.set_tag(Tag.ERROR, reason[:_MAX_TAG_LENGTH])
+            raise
+
+
+def git_tags() -> dict[str, str]:
+    """Commit of the working directory and whether it has uncommitted changes."""
+    try:
+        commit = _git("rev-parse", "HEAD")
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {Tag.GIT_COMMIT: commit, Tag.GIT_DIRTY: str(dirty).lower()}
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
+def log_config(config: ProjectConfig) -> None:
+    """Resolved settings as dotted params, and the whole config as a YAML artifact."""
+    mlflow.log_params(config.flat())
+    mlflow.log_dict(config.model_dump(mode="json"), "config/config.yaml")
+
+
+def log_dataset(table: LabeledTable, context: str = "training") -> str:
+    """Log the table as the run's input; returns its digest."""
+    with warnings.catch_warnings():
+        # MLflow registers one local-file source class per URI scheme, then warns that a
+        # path matches "LocalArtifactDatasetSource, LocalArtifactDatasetSource".
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        dataset = mlflow.data.from_pandas(
+            table.raw,
+            source=str(table.source),
+            targets=table.target.name,
+            name=table.source.name,
+        )
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tag(Tag.DATASET_DIGEST, dataset.digest)
+    return dataset.digest
+
+
+def log_pipeline(pipeline: Pipeline, X_train: pd.DataFrame, tracking: TrackingConfig) -> ModelInfo:
+    """Log the fitted pipeline with the sklearn flavor, saved with skops (not pickle)."""
+    input_example = X_train.head(INPUT_EXAMPLE_ROWS)
+    model_info = mlflow.sklearn.log_model(
+        pipeline,
+        name=tracking.model_name,
+        signature=infer_signature(X_train, pipeline.predict(input_example)),
+        input_example=input_example,
+        pip_requirements=pip_requirements(),
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
+    mlflow.set_tag(Tag.MODEL_URI, model_info.model_uri)
+    return model_info
