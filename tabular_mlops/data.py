@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -43,7 +42,7 @@ class LabeledTable:
 
     source: Path
     raw: pd.DataFrame  # the labelled rows as read, for `mlflow.log_input`
-    features: pd.DataFrame  # numeric columns float64, categorical columns str objects
+    features: pd.DataFrame  # numeric columns float64, categorical columns str
     target: pd.Series  # 1 for the positive class
     ids: pd.DataFrame
     spec: FeatureSpec
@@ -205,19 +204,23 @@ def _check_size(target: pd.Series, positive_label: Any, config: DataConfig) -> N
 
 def _feature_spec(frame: pd.DataFrame, config: DataConfig) -> FeatureSpec:
     """Listed features as given; a list left out is inferred from the remaining columns."""
-    taken = {config.target, *config.id_columns}
-    taken |= set(config.numeric_features or []) | set(config.categorical_features or [])
-    remaining = [column for column in frame.columns if column not in taken]
+    listed = [*(config.numeric_features or []), *(config.categorical_features or [])]
+    if empty := [column for column in listed if frame[column].isna().all()]:
+        raise DataError(f"listed feature(s) with no values in {config.path}: {', '.join(empty)}")
+    taken = {config.target, *config.id_columns, *listed}
+    unlisted = [column for column in frame.columns if column not in taken]
+    # An empty column carries nothing: never inferred as a feature.
+    candidates = [column for column in unlisted if frame[column].notna().any()]
 
     numeric = config.numeric_features
     if numeric is None:
-        numeric = [c for c in remaining if pd.api.types.is_numeric_dtype(frame[c])]
+        numeric = [c for c in candidates if pd.api.types.is_numeric_dtype(frame[c])]
     categorical = config.categorical_features
     if categorical is None:
-        categorical = [c for c in remaining if _is_categorical_dtype(frame[c])]
+        categorical = [c for c in candidates if _is_categorical_dtype(frame[c])]
         for column in categorical:
             _warn_if_id_like(frame[column])
-    if ignored := [c for c in remaining if c not in numeric and c not in categorical]:
+    if ignored := [c for c in unlisted if c not in numeric and c not in categorical]:
         logger.warning("not used as features: %s", ", ".join(ignored))
     if not numeric and not categorical:
         raise DataError(f"no feature columns in {config.path} besides the target and ids")
@@ -259,8 +262,8 @@ def _as_numeric(column: pd.Series) -> pd.Series:
 
 
 def _as_category(column: pd.Series) -> pd.Series:
-    # Plain str objects with NaN for missing: the form a served request arrives in.
-    return column.astype(object).map(str, na_action="ignore").where(column.notna(), np.nan)
+    # pandas' text dtype, NaN for missing; numbers used as codes become their text.
+    return column.astype("str")
 
 
 def _preview(values: Iterable[Any], limit: int = 8) -> str:

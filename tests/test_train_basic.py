@@ -1,0 +1,175 @@
+"""The `train_basic` step in-process: parameters, another table, and every bad input."""
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.entities import RunStatus
+
+from steps import train_basic
+from tabular_mlops.tracking import Tag
+from tests.conftest import churn_frame, churn_settings, mixed_table, write_config
+
+
+def runs_of(experiment: str) -> list[mlflow.entities.Run]:
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def registered_names() -> list[str]:
+    return [model.name for model in mlflow.MlflowClient().search_registered_models()]
+
+
+# Parameters
+
+
+def test_empty_parameters_keep_the_config_and_numbers_are_typed() -> None:
+    args = train_basic.parse_args(["--n-estimators", "50.0", "--learning-rate", "", "--seed", "7"])
+    assert args.n_estimators == 50
+    assert args.learning_rate is None
+    assert args.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--n-estimators", "abc"], "argument --n-estimators: expected a whole number, got 'abc'"),
+        (["--num-leaves", "2.5"], "argument --num-leaves: expected a whole number, got '2.5'"),
+        (["--test-size", "big"], "argument --test-size: expected a number, got 'big'"),
+        (["--n_trials", "5"], "unrecognized arguments: --n_trials 5"),
+    ],
+)
+def test_bad_parameter_exits_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        train_basic.parse_args(argv)
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert error == f"train_basic: error: {message}\n"
+
+
+# Another table, by config alone
+
+
+def test_trains_and_registers_a_parquet_table_with_inferred_features(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    mixed_table(rows=400).to_parquet(tmp_path / "mixed.parquet")
+    config = write_config(
+        tmp_path / "mixed.yaml",
+        {
+            "data": {"path": "mixed.parquet", "target": "label", "id_columns": ["id"]},
+            "model": {"n_estimators": 20, "params": {"min_child_samples": 5}},
+            "tracking": {"experiment_name": "mixed", "registered_model_name": "mixed-model"},
+        },
+    )
+    assert train_basic.main(["--config", str(config)]) == 0
+
+    (run,) = runs_of("mixed")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.numeric_features"] == "None"  # inferred
+    assert {"roc_auc", "log_loss", "brier_score_loss", "f1_score"} <= set(run.data.metrics)
+    version = mlflow.MlflowClient().get_model_version_by_alias("mixed-model", "latest-model")
+    assert version.run_id == run.info.run_id
+
+    model = mlflow.pyfunc.load_model("models:/mixed-model@latest-model")
+    inputs = {spec.name: spec.type.name for spec in model.metadata.get_input_schema().inputs}
+    assert inputs == {
+        "age": "double",
+        "income": "double",
+        "member": "double",
+        "plan": "string",
+        "region": "string",
+    }
+    sample = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="predictions/sample_predictions.csv"
+        )
+    )
+    assert list(sample.columns) == ["id", "actual", "predicted", "probability"]
+    assert len(sample) == 20 and sample["probability"].between(0, 1).all()
+
+
+def test_parameters_override_the_config(tracking_uri: str, tmp_path: Path) -> None:
+    frame = churn_frame().sample(1000, random_state=1)
+    frame.to_csv(tmp_path / "churn.csv", index=False)
+    config = write_config(tmp_path / "c.yaml", churn_settings(), data={"path": "churn.csv"})
+    argv = ["--config", str(config), "--n-estimators", "25", "--seed", "3"]
+    argv += ["--registered-model-name", "override-model"]
+    assert train_basic.main(argv) == 0
+    (run,) = runs_of("churn")
+    assert run.data.params["model.n_estimators"] == "25"
+    assert run.data.params["split.seed"] == "3"
+    assert registered_names() == ["override-model"]
+
+
+# Bad input: one error line, exit 1, the run FAILED with the reason, nothing registered.
+
+
+def _too_few_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.head(50)
+
+
+def _single_class(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(churn="No")
+
+
+def _text_in_numeric(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({"monthly_charges": object}).assign(monthly_charges="high")
+
+
+def _no_target(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns="churn")
+
+
+def _no_feature(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns="contract")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "message"),
+    [
+        (_too_few_rows, "too few rows"),
+        (_single_class, "has a single class"),
+        (_text_in_numeric, "'monthly_charges' is listed as numeric"),
+        (_no_target, "target column 'churn' not in"),
+        (_no_feature, "data.categorical_features not in .*: contract"),
+        (None, "data file not found"),
+    ],
+)
+def test_bad_data_fails_the_run_and_registers_nothing(
+    tracking_uri: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    corrupt: Any,
+    message: str,
+) -> None:
+    if corrupt is not None:
+        corrupt(churn_frame()).to_csv(tmp_path / "bad.csv", index=False)
+    config = write_config(tmp_path / "c.yaml", churn_settings(), data={"path": "bad.csv"})
+    with caplog.at_level(logging.ERROR):
+        assert train_basic.main(["--config", str(config)]) == 1
+
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0]
+    (run,) = runs_of("churn")
+    assert run.info.status == RunStatus.to_string(RunStatus.FAILED)
+    assert run.data.tags[Tag.ERROR] == errors[0]
+    assert re.search(message, errors[0])
+    assert "roc_auc" not in run.data.metrics
+    assert registered_names() == []
+
+
+def test_bad_config_fails_before_any_run(
+    tracking_uri: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = write_config(tmp_path / "c.yaml", churn_settings(), split={"test_size": 1.5})
+    with caplog.at_level(logging.ERROR):
+        assert train_basic.main(["--config", str(config)]) == 1
+    assert "split.test_size: Input should be less than 1 (got 1.5)" in caplog.text
+    assert mlflow.search_runs(search_all_experiments=True).empty
+    assert registered_names() == []
