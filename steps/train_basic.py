@@ -39,7 +39,7 @@ OVERRIDES = {
 class TrainResult:
     run_id: str
     model_uri: str
-    registered_version: str
+    registered_version: int
     metrics: dict[str, float]
 
 
@@ -87,7 +87,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         )
     for metric in evaluation.HEADLINE_METRICS:
         logger.info("test %s = %.4f", metric, metrics[metric])
-    return TrainResult(run.info.run_id, model_info.model_uri, version.version, metrics)
+    return TrainResult(run.info.run_id, model_info.model_uri, int(version.version), metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

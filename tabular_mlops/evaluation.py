@@ -18,6 +18,7 @@ from sklearn.metrics import brier_score_loss
 from sklearn.pipeline import Pipeline
 
 from tabular_mlops.pipeline import feature_importance
+from tabular_mlops.tracking import quiet_integer_schema_hint
 
 logger = logging.getLogger(__name__)
 
@@ -29,16 +30,17 @@ _TOP_FEATURES_PLOTTED = 20
 
 def evaluate(model_uri: str, X_test: pd.DataFrame, y_test: pd.Series) -> dict[str, float]:
     """Evaluate the logged model on the test split; returns every metric logged."""
-    result = mlflow.models.evaluate(
-        model=model_uri,
-        data=X_test.assign(**{LABEL_COLUMN: y_test.to_numpy()}),
-        targets=LABEL_COLUMN,
-        model_type="classifier",
-        evaluators="default",
-        # SHAP explanations need the shap package and minutes of compute: issue territory
-        # of the custom model's per-row reasons, not of this report.
-        evaluator_config={"pos_label": 1, "log_model_explainability": False},
-    )
+    with quiet_integer_schema_hint():
+        result = mlflow.models.evaluate(
+            model=model_uri,
+            data=X_test.assign(**{LABEL_COLUMN: y_test.to_numpy()}),
+            targets=LABEL_COLUMN,
+            model_type="classifier",
+            evaluators="default",
+            # SHAP needs the shap package and minutes of compute; per-row reasons come
+            # from LightGBM's own contributions in the custom model instead.
+            evaluator_config={"pos_label": 1, "log_model_explainability": False},
+        )
     return dict(result.metrics)
 
 

@@ -79,6 +79,18 @@ def project_run(config: ProjectConfig, entry_point: str) -> Iterator[mlflow.Acti
             raise
 
 
+@contextmanager
+def quiet_integer_schema_hint() -> Iterator[None]:
+    """Silence MLflow's hint that integer columns cannot hold missing values.
+
+    Model inputs are float64 or text here (see tabular_mlops.data), so the hint only ever
+    concerns the 0/1 labels and the raw table's record, where it is noise.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        yield
+
+
 def git_tags() -> dict[str, str]:
     """Commit of the working directory and whether it has uncommitted changes."""
     try:
@@ -103,7 +115,7 @@ def log_config(config: ProjectConfig) -> None:
 
 def log_dataset(table: LabeledTable, context: str = "training") -> str:
     """Log the table as the run's input; returns its digest."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_integer_schema_hint():
         # MLflow registers one local-file source class per URI scheme, then warns that a
         # path matches "LocalArtifactDatasetSource, LocalArtifactDatasetSource".
         warnings.filterwarnings("ignore", message="The specified dataset source can be")
@@ -113,7 +125,7 @@ def log_dataset(table: LabeledTable, context: str = "training") -> str:
             targets=table.target.name,
             name=table.source.name,
         )
-    mlflow.log_input(dataset, context=context)
+        mlflow.log_input(dataset, context=context)
     mlflow.set_tag(Tag.DATASET_DIGEST, dataset.digest)
     return dataset.digest
 
@@ -121,10 +133,12 @@ def log_dataset(table: LabeledTable, context: str = "training") -> str:
 def log_pipeline(pipeline: Pipeline, X_train: pd.DataFrame, tracking: TrackingConfig) -> ModelInfo:
     """Log the fitted pipeline with the sklearn flavor, saved with skops (not pickle)."""
     input_example = X_train.head(INPUT_EXAMPLE_ROWS)
+    with quiet_integer_schema_hint():
+        signature = infer_signature(X_train, pipeline.predict(input_example))
     model_info = mlflow.sklearn.log_model(
         pipeline,
         name=tracking.model_name,
-        signature=infer_signature(X_train, pipeline.predict(input_example)),
+        signature=signature,
         input_example=input_example,
         pip_requirements=pip_requirements(),
         serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,

@@ -1,0 +1,194 @@
+"""End to end: the real `mlflow run . -e train_basic` on a copy of the project."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tabular_mlops.tracking import Tag
+from tests.conftest import PROJECT_DIR
+
+pytestmark = pytest.mark.e2e
+
+REGISTERED = "churn-classifier"
+ALIAS = "latest-model"
+EXPERIMENT = "churn"
+TEST_METRICS = {
+    "roc_auc",
+    "precision_recall_auc",
+    "log_loss",
+    "brier_score_loss",
+    "f1_score",
+    "precision_score",
+    "recall_score",
+    "accuracy_score",
+}
+PLOTS = {
+    "roc_curve_plot.png",
+    "precision_recall_curve_plot.png",
+    "confusion_matrix.png",
+    "calibration_curve_plot.png",
+    "feature_importance/gain_share.png",
+}
+_GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's files (tracked or new, not ignored) committed in a fresh repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    copy = tmp_path_factory.mktemp("project")
+    for name in listed:
+        source = PROJECT_DIR / name
+        if source.is_file():  # deleted but not yet committed files are listed too
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    env = os.environ | _GIT_IDENTITY
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
+        subprocess.run(["git", *command], cwd=copy, env=env, check=True)
+    return copy
+
+
+def mlflow_run(
+    project: Path, store: Path, *parameters: str, env_manager: str = "local"
+) -> subprocess.CompletedProcess[str]:
+    """`mlflow run` as a user types it; `local` uses this venv (and its `uv`)."""
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+        "MLFLOW_ENV_ROOT": str(store.parent / "envs"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", "train_basic"]
+    command += ["--env-manager", env_manager, "--experiment-name", EXPERIMENT]
+    for parameter in parameters:
+        command += ["-P", parameter]
+    return subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def use_store(store: Path) -> mlflow.MlflowClient:
+    mlflow.set_tracking_uri(f"sqlite:///{store}")
+    return mlflow.MlflowClient()
+
+
+def only_run() -> mlflow.entities.Run:
+    (run,) = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")
+    return run
+
+
+def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    result = mlflow_run(project, store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = use_store(store)
+
+    run = only_run()
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert set(metrics) >= TEST_METRICS
+    assert metrics["roc_auc"] >= 0.83
+    assert 0 < metrics["brier_score_loss"] < 0.25
+    assert metrics["example_count"] == 1409
+
+    # MLflow records each -P parameter shell-quoted: an unset one ("") reads ''.
+    assert run.data.params["n_estimators"] == "''"
+    assert run.data.params["model.n_estimators"] == "300"  # the resolved config
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tags = run.data.tags
+    assert tags[Tag.GIT_COMMIT] == head and tags[Tag.GIT_DIRTY] == "false"
+    assert tags["mlflow.project.entryPoint"] == tags[Tag.ENTRY_POINT] == "train_basic"
+    contexts = {
+        tag.value: dataset_input.dataset
+        for dataset_input in run.inputs.dataset_inputs
+        for tag in dataset_input.tags
+        if tag.key == "mlflow.data.context"
+    }
+    assert contexts["training"].name == "wa_churn.csv"
+    assert tags[Tag.DATASET_DIGEST] == contexts["training"].digest
+
+    artifacts = set()
+    pending = [None]
+    while pending:
+        for item in client.list_artifacts(run.info.run_id, pending.pop()):
+            pending.append(item.path) if item.is_dir else artifacts.add(item.path)
+    assert PLOTS | {"config/config.yaml", "predictions/sample_predictions.csv"} <= artifacts
+
+    # Registered, aliased, and the alias loads the run's model.
+    version = client.get_model_version_by_alias(REGISTERED, ALIAS)
+    assert int(version.version) == 1 and version.run_id == run.info.run_id
+    info = mlflow.models.get_model_info(f"models:/{REGISTERED}@{ALIAS}")
+    assert tags[Tag.MODEL_URI] == f"models:/{info.model_id}"
+    assert info.flavors["sklearn"]["serialization_format"] == "skops"
+    assert {column.name for column in info.signature.inputs} >= {"tenure", "contract"}
+    local_copy = mlflow.artifacts.download_artifacts(f"models:/{REGISTERED}@{ALIAS}")
+    example = mlflow.models.Model.load(local_copy).load_input_example(local_copy)
+    assert len(example) == 5
+    assert set(mlflow.pyfunc.load_model(local_copy).predict(example)) <= {0, 1}
+
+    sample = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="predictions/sample_predictions.csv"
+        )
+    )
+    assert len(sample) == 20 and sample["probability"].between(0, 1).all()
+
+    # A second run with overridden parameters becomes version 2 and takes the alias.
+    result = mlflow_run(project, store, "n_estimators=100", "seed=7")
+    assert result.returncode == 0, result.stderr[-3000:]
+    second = client.get_model_version_by_alias(REGISTERED, ALIAS)
+    assert int(second.version) == 2
+    params = client.get_run(second.run_id).data.params
+    assert params["model.n_estimators"] == "100" and params["split.seed"] == "7"
+
+
+def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path) -> None:
+    # conda.yaml converted by `--env-manager uv`: the environment README documents.
+    store = tmp_path / "mlflow.db"
+    result = mlflow_run(project, store, "n_estimators=50", env_manager="uv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = use_store(store)
+    run = only_run()
+    assert run.info.status == "FINISHED" and run.data.metrics["roc_auc"] >= 0.83
+    assert client.get_model_version_by_alias(REGISTERED, ALIAS).run_id == run.info.run_id
+
+
+@pytest.mark.parametrize(
+    ("parameter", "message"),
+    [
+        ("n_estimators=abc", "argument --n-estimators: expected a whole number, got 'abc'"),
+        ("n_trials=5", "unrecognized arguments: --n_trials 5"),
+        ("test_size=1.5", "split.test_size: Input should be less than 1 (got 1.5)"),
+        ("target=nope", "target column 'nope' not in data/wa_churn.csv"),
+        ("data_path=missing.csv", "data file not found: missing.csv"),
+    ],
+)
+def test_bad_input_fails_the_run(
+    project: Path, tmp_path: Path, parameter: str, message: str
+) -> None:
+    store = tmp_path / "mlflow.db"
+    result = mlflow_run(project, store, parameter)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr.split("=== Run (ID")[0]  # the step's own output
+    client = use_store(store)
+    assert only_run().info.status == "FAILED"
+    assert client.search_registered_models() == []

@@ -1,0 +1,44 @@
+"""The files that describe the project agree with each other and with the code."""
+
+import re
+import tomllib
+
+import yaml
+
+from steps import train_basic
+from tests.conftest import PROJECT_DIR
+
+
+def mlproject() -> dict:
+    return yaml.safe_load((PROJECT_DIR / "MLproject").read_text())
+
+
+def test_conda_env_lists_the_project_dependencies_under_pip() -> None:
+    conda = yaml.safe_load((PROJECT_DIR / "conda.yaml").read_text())
+    pip_lists = [item["pip"] for item in conda["dependencies"] if isinstance(item, dict)]
+    python = [item for item in conda["dependencies"] if str(item).startswith("python")]
+    pyproject = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())
+    assert python == ["python=3.11"]
+    assert pip_lists == [pyproject["project"]["dependencies"]]
+
+
+def test_mlproject_uses_conda_yaml() -> None:
+    assert mlproject()["conda_env"] == "conda.yaml"
+
+
+def test_every_train_basic_parameter_reaches_the_step() -> None:
+    entry_point = mlproject()["entry_points"]["train_basic"]
+    parameters = entry_point["parameters"]
+    passed = dict(re.findall(r"--([a-z-]+) \{([a-z_]+)\}", entry_point["command"]))
+    assert sorted(passed.values()) == sorted(parameters)
+    assert all(flag == name.replace("_", "-") for flag, name in passed.items())
+    assert set(parameters) == {"config", *train_basic.OVERRIDES}
+    assert {spec["type"] for spec in parameters.values()} <= {"string", "float"}
+    # The step accepts what MLflow substitutes for every default.
+    argv = [
+        arg
+        for name, spec in parameters.items()
+        for arg in (f"--{name.replace('_', '-')}", str(spec["default"]))
+    ]
+    parsed = vars(train_basic.parse_args(argv))
+    assert all(parsed[name] is None for name in train_basic.OVERRIDES)
