@@ -154,6 +154,8 @@ def split(table: LabeledTable, config: SplitConfig) -> Split:
 
 def _positive_label(target: pd.Series, config: DataConfig) -> Any:
     classes = sorted(target.unique().tolist(), key=str)
+    if not classes:
+        raise DataError(f"no labelled rows in {config.path} (target {config.target!r})")
     if len(classes) < 2:
         raise DataError(
             f"target {config.target!r} in {config.path} has a single class "

@@ -123,6 +123,12 @@ def test_empty_csv(tmp_path: Path) -> None:
     expect_data_error(churn_data_config(path=path), None, "cannot read data file")
 
 
+def test_header_only_csv(tmp_path: Path) -> None:
+    path = tmp_path / "header.csv"
+    churn_frame().head(0).to_csv(path, index=False)
+    expect_data_error(churn_data_config(path=path), None, "no labelled rows in .*header.csv")
+
+
 def test_target_missing() -> None:
     config = churn_data_config(target="churned")
     expect_data_error(config, churn_frame(), "target column 'churned' not in .*wa_churn.csv")
