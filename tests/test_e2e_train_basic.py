@@ -2,8 +2,13 @@
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -66,12 +71,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def mlflow_run(
-    project: Path, store: Path, *parameters: str, env_manager: str = "local"
+    project: Path, tracking_uri: str, *parameters: str, env_manager: str = "local"
 ) -> subprocess.CompletedProcess[str]:
     """`mlflow run` as a user types it; `local` uses this venv (and its `uv`)."""
     env = os.environ | {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
-        "MLFLOW_ENV_ROOT": str(store.parent / "envs"),
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ENV_ROOT": str(project.parent / "mlflow-envs"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", "train_basic"]
@@ -83,9 +88,49 @@ def mlflow_run(
     )
 
 
-def use_store(store: Path) -> mlflow.MlflowClient:
-    mlflow.set_tracking_uri(f"sqlite:///{store}")
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def use_store(tracking_uri: str) -> mlflow.MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri)
     return mlflow.MlflowClient()
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port, proxying its artifacts."""
+    root = tmp_path_factory.mktemp("server")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (root / "server.log").open("w")
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", sqlite_uri(root / "server.db")]
+    command += ["--artifacts-destination", str(root / "artifacts")]
+    server = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers go down with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
 
 
 def only_run() -> mlflow.entities.Run:
@@ -94,7 +139,7 @@ def only_run() -> mlflow.entities.Run:
 
 
 def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
-    store = tmp_path / "mlflow.db"
+    store = sqlite_uri(tmp_path / "mlflow.db")
     result = mlflow_run(project, store)
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(store)
@@ -162,13 +207,28 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
 
 def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path) -> None:
     # conda.yaml converted by `--env-manager uv`: the environment README documents.
-    store = tmp_path / "mlflow.db"
+    store = sqlite_uri(tmp_path / "mlflow.db")
     result = mlflow_run(project, store, "n_estimators=50", env_manager="uv")
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(store)
     run = only_run()
     assert run.info.status == "FINISHED" and run.data.metrics["roc_auc"] >= 0.83
     assert client.get_model_version_by_alias(REGISTERED, ALIAS).run_id == run.info.run_id
+
+
+def test_train_basic_against_a_tracking_server(project: Path, tracking_server: str) -> None:
+    result = mlflow_run(project, tracking_server, "n_estimators=50")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = use_store(tracking_server)
+    run = only_run()
+    assert run.info.status == "FINISHED" and run.data.metrics["roc_auc"] >= 0.83
+    assert client.get_model_version_by_alias(REGISTERED, ALIAS).run_id == run.info.run_id
+    # Artifacts went through the server, and the registered model loads back over HTTP.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    paths = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"roc_curve_plot.png", "confusion_matrix.png"} <= paths
+    model = mlflow.sklearn.load_model(f"models:/{REGISTERED}@{ALIAS}")
+    assert model.named_steps["classifier"].n_estimators == 50
 
 
 @pytest.mark.parametrize(
@@ -184,7 +244,7 @@ def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path
 def test_bad_input_fails_the_run(
     project: Path, tmp_path: Path, parameter: str, message: str
 ) -> None:
-    store = tmp_path / "mlflow.db"
+    store = sqlite_uri(tmp_path / "mlflow.db")
     result = mlflow_run(project, store, parameter)
     assert result.returncode != 0
     assert message in result.stderr
