@@ -71,10 +71,9 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         pipeline.fit(parts.X_train, parts.y_train)
         model_info = tracking.log_pipeline(pipeline, parts.X_train, config.tracking)
 
-        metrics = evaluation.evaluate(model_info.model_uri, parts.X_test, parts.y_test)
-        probabilities = pipeline.predict_proba(parts.X_test)[:, 1]
-        metrics |= evaluation.log_probability_metrics(parts.y_test, probabilities)
-        evaluation.log_feature_importance(pipeline)
+        metrics = evaluation.log_test_evaluation(
+            pipeline, model_info.model_uri, parts.X_test, parts.y_test
+        )
 
         name, alias = config.tracking.registered_model_name, config.tracking.alias
         version = registry.register(model_info.model_uri, name, alias)

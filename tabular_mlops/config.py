@@ -4,7 +4,7 @@ import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -71,7 +71,7 @@ class ModelConfig(_Section):
     @field_validator("params")
     @classmethod
     def _params_are_lightgbm_parameters(cls, params: dict[str, Any]) -> dict[str, Any]:
-        # Imported here because tabular_mlops.pipeline builds its estimator from ModelConfig.
+        # Imported here: tabular_mlops.pipeline builds its estimator from ModelConfig.
         from tabular_mlops.pipeline import MANAGED_PARAMS, unknown_lightgbm_params
 
         if clash := sorted(set(params) & MANAGED_PARAMS):
@@ -80,9 +80,71 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown LightGBM parameter(s): {', '.join(unknown)}")
         return params
 
+    def with_values(self, values: Mapping[str, Any]) -> "ModelConfig":
+        """This config with some LightGBM parameters replaced (a tuning trial's, say)."""
+        fields = {name: value for name, value in values.items() if name in type(self).model_fields}
+        params = {name: value for name, value in values.items() if name not in fields}
+        return ModelConfig.model_validate(
+            self.model_dump() | fields | {"params": self.params | params}
+        )
+
+
+class SearchDimension(_Section):
+    """The range of one hyperparameter: low/high for int and float, or a list of choices."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[str | int | float | bool] | None = None
+
+    @model_validator(mode="after")
+    def _range_matches_type(self) -> "SearchDimension":
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("a categorical dimension takes a non-empty `choices` only")
+            return self
+        if self.low is None or self.high is None or self.choices is not None:
+            raise ValueError(f"an {self.type} dimension takes `low` and `high`")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale dimension needs low > 0")
+        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError("an int dimension needs whole-number low and high")
+        return self
+
+
+class TuningConfig(_Section):
+    """Optuna search over LightGBM parameters, scored by cross-validated ROC AUC."""
+
+    n_trials: int = Field(20, ge=1)
+    timeout_seconds: float | None = Field(None, gt=0)
+    n_jobs: int = Field(1, ge=1)  # trials run in parallel threads (1: reproducible)
+    cv_folds: int = Field(5, ge=2, le=20)
+    # Optuna RDB URL (postgresql://...) shared by several `track` processes; None: in memory.
+    storage: str | None = None
+    study_name: str = Field("churn-lightgbm", min_length=1)
+    search_space: dict[str, SearchDimension] = Field(min_length=1)
+
+    @field_validator("search_space")
+    @classmethod
+    def _dimensions_are_lightgbm_parameters(
+        cls, space: dict[str, SearchDimension]
+    ) -> dict[str, SearchDimension]:
+        from tabular_mlops.pipeline import unknown_lightgbm_params
+
+        if "random_state" in space:
+            raise ValueError("random_state is set from split.seed, not searched")
+        if unknown := unknown_lightgbm_params(space):
+            raise ValueError(f"unknown LightGBM parameter(s): {', '.join(unknown)}")
+        return space
+
 
 class TrackingConfig(_Section):
     experiment_name: str = Field("churn", min_length=1)
+    experiment_description: str = ""
+    experiment_tags: dict[str, str] = {}
     # Name of the logged model inside its run (`runs:/<run_id>/<model_name>`).
     model_name: str = Field("model", min_length=1)
     registered_model_name: str = Field(min_length=1)
@@ -103,7 +165,29 @@ class ProjectConfig(_Section):
     data: DataConfig
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
+    tuning: TuningConfig | None = None  # needed by the `track` entry point only
     tracking: TrackingConfig
+
+    @model_validator(mode="after")
+    def _search_space_fits_the_model(self) -> "ProjectConfig":
+        # Both ends of every range must make a valid model, so no trial fails half-way.
+        for name, dimension in (self.tuning.search_space if self.tuning else {}).items():
+            ends = dimension.choices or [dimension.low, dimension.high]
+            for value in ends:
+                if dimension.type == "int":
+                    value = int(value)
+                try:
+                    self.model.with_values({name: value})
+                except ValidationError as error:
+                    raise ValueError(
+                        f"tuning.search_space.{name} reaches {value!r}: {_one_line(error)}"
+                    ) from None
+        return self
+
+    def require_tuning(self) -> TuningConfig:
+        if self.tuning is None:
+            raise ConfigError("this entry point needs a `tuning` section in the config")
+        return self.tuning
 
     def flat(self) -> dict[str, Any]:
         """Settings as dotted keys (`model.n_estimators`), the form logged as run params."""

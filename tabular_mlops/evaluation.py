@@ -28,6 +28,16 @@ HEADLINE_METRICS = ("roc_auc", "precision_recall_auc", "log_loss", "brier_score_
 _TOP_FEATURES_PLOTTED = 20
 
 
+def log_test_evaluation(
+    pipeline: Pipeline, model_uri: str, X_test: pd.DataFrame, y_test: pd.Series
+) -> dict[str, float]:
+    """Everything this project logs about a model on the test split; returns the metrics."""
+    metrics = evaluate(model_uri, X_test, y_test)
+    metrics |= log_probability_metrics(y_test, pipeline.predict_proba(X_test)[:, 1])
+    log_feature_importance(pipeline)
+    return metrics
+
+
 def evaluate(model_uri: str, X_test: pd.DataFrame, y_test: pd.Series) -> dict[str, float]:
     """Evaluate the logged model on the test split; returns every metric logged."""
     with quiet_integer_schema_hint():

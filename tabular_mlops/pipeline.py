@@ -10,6 +10,7 @@ from importlib.metadata import version
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMClassifier
+from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -68,6 +69,32 @@ def build_pipeline(features: FeatureSpec, model: ModelConfig, seed: int) -> Pipe
         **model.params,
     )
     return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+
+
+def fit_with_learning_curve(
+    pipeline: Pipeline,
+    X_train: pd.DataFrame,
+    y_train: pd.Series,
+    X_valid: pd.DataFrame,
+    y_valid: pd.Series,
+) -> dict[str, list[float]]:
+    """Fit `pipeline` and return LightGBM's per-iteration metrics on the validation rows.
+
+    The validation rows are only watched (no early stopping), so the model is the one a
+    plain `fit` gives.
+    """
+    # LightGBM needs the validation rows encoded; the preprocessing fit is deterministic,
+    # so fitting it apart gives the encoding the pipeline will use.
+    preprocess = clone(pipeline[:-1]).fit(X_train, y_train)
+    pipeline.fit(
+        X_train,
+        y_train,
+        classifier__eval_X=(preprocess.transform(X_valid),),
+        classifier__eval_y=(y_valid,),
+        classifier__eval_names=["valid"],
+        classifier__eval_metric=["auc", "binary_logloss"],
+    )
+    return dict(pipeline.named_steps["classifier"].evals_result_["valid"])
 
 
 def input_column_of_encoded_features(pipeline: Pipeline) -> list[str]:

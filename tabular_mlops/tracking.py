@@ -2,12 +2,14 @@
 
 import logging
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric
 from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_TRACKING_URI
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
@@ -24,6 +26,8 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MODEL_TYPE = "sklearn-pipeline-lightgbm"
 INPUT_EXAMPLE_ROWS = 5
 _MAX_TAG_LENGTH = 5000
+# The tag MLflow's UI shows as an experiment's (or run's) description.
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 class Tag:
@@ -69,6 +73,7 @@ def project_run(config: ProjectConfig, entry_point: str) -> Iterator[mlflow.Acti
         mlflow.set_experiment(config.tracking.experiment_name)
         run = mlflow.start_run(run_name=entry_point)
     logger.info("run %s in %s", run.info.run_id, tracking_uri)
+    describe_experiment(run.info.experiment_id, config.tracking)
     with run:
         mlflow.set_tags({Tag.ENTRY_POINT: entry_point, Tag.MODEL_TYPE: MODEL_TYPE, **git_tags()})
         try:
@@ -77,6 +82,16 @@ def project_run(config: ProjectConfig, entry_point: str) -> Iterator[mlflow.Acti
             reason = str(error) if isinstance(error, UserInputError) else repr(error)
             mlflow.set_tag(Tag.ERROR, reason[:_MAX_TAG_LENGTH])
             raise
+
+
+def describe_experiment(experiment_id: str, tracking: TrackingConfig) -> None:
+    """Give the experiment the config's description (shown in the UI) and tags."""
+    client = mlflow.MlflowClient()
+    tags = dict(tracking.experiment_tags)
+    if tracking.experiment_description:
+        tags[DESCRIPTION_TAG] = tracking.experiment_description
+    for key, value in tags.items():
+        client.set_experiment_tag(experiment_id, key, value)
 
 
 @contextmanager
@@ -146,3 +161,14 @@ def log_pipeline(pipeline: Pipeline, X_train: pd.DataFrame, tracking: TrackingCo
     )
     mlflow.set_tag(Tag.MODEL_URI, model_info.model_uri)
     return model_info
+
+
+def log_stepped_metrics(series: dict[str, list[float]], prefix: str) -> None:
+    """Per-iteration values as stepped metrics (step 1, 2, ...) in one batch call."""
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{prefix}_{name}", float(value), now, step)
+        for name, values in series.items()
+        for step, value in enumerate(values, start=1)
+    ]
+    mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=metrics)
