@@ -6,8 +6,11 @@ the study lives in memory and a seeded sampler makes the search reproducible.
 """
 
 import logging
+import os
+import random
 import time
 import warnings
+from functools import partial
 from typing import Any
 
 import matplotlib
@@ -18,6 +21,7 @@ import matplotlib.pyplot as plt
 import mlflow
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.model_selection import StratifiedKFold, cross_validate
@@ -39,6 +43,7 @@ CV_SCORERS = {
 STUDY_TAG = "optuna_study"
 TRIAL_TAG = "optuna_trial"
 TOP_TRIALS_SHOWN = 5
+_STUDY_CREATION_RETRIES = 4
 # Parent-run tags every trial run carries too.
 _INHERITED_TAGS = (
     Tag.ENTRY_POINT,
@@ -101,13 +106,12 @@ def tune(
     inherited = {key: parent.data.tags[key] for key in _INHERITED_TAGS if key in parent.data.tags}
     # Seeded only in memory: processes sharing a study must not propose the same trials.
     sampler = optuna.samplers.TPESampler(seed=None if tuning.storage else config.split.seed)
-    study = optuna.create_study(
-        study_name=study_name(tuning, parent_run_id),
-        storage=tuning.storage,
-        sampler=sampler,
-        direction="maximize",
-        load_if_exists=True,
-    )
+    study = _create_or_load_study(study_name(tuning, parent_run_id), tuning.storage, sampler)
+    model = config.model
+    if tuning.n_jobs > 1 and "n_jobs" not in model.params:
+        # Parallel trials share the cores: LightGBM's default of all cores per trial
+        # oversubscribes them, and its spinning OpenMP threads then crawl.
+        model = model.with_values({"n_jobs": max(1, (os.cpu_count() or 1) // tuning.n_jobs)})
     trial_tags = inherited | {MLFLOW_PARENT_RUN_ID: parent_run_id, STUDY_TAG: study.study_name}
 
     def objective(trial: optuna.Trial) -> float:
@@ -119,7 +123,7 @@ def tune(
         )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         try:
-            pipeline = build_pipeline(spec, config.model.with_values(params), config.split.seed)
+            pipeline = build_pipeline(spec, model.with_values(params), config.split.seed)
             metrics = cross_validated_metrics(pipeline, X, y, tuning.cv_folds, config.split.seed)
         except BaseException:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
@@ -150,6 +154,32 @@ def tune(
         callbacks=[_Progress(tuning.n_trials)],
     )
     return study
+
+
+def _create_or_load_study(
+    name: str, storage: str | None, sampler: optuna.samplers.BaseSampler
+) -> optuna.Study:
+    # Processes that start together on a fresh database race to create Optuna's tables
+    # (a duplicate-table or duplicate-type error for the loser); once the tables exist,
+    # `load_if_exists` makes the study itself safe to create from many processes.
+    create = partial(
+        optuna.create_study,
+        study_name=name,
+        storage=storage,
+        sampler=sampler,
+        direction="maximize",
+        load_if_exists=True,
+    )
+    for _ in range(_STUDY_CREATION_RETRIES):
+        try:
+            return create()
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as error:
+            logger.info(
+                "another process is creating the study storage (%s); retrying",
+                type(error.orig).__name__,
+            )
+            time.sleep(random.uniform(0.5, 1.5))
+    return create()
 
 
 class _Progress:

@@ -1,3 +1,10 @@
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -12,6 +19,7 @@ import yaml
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
 CHURN_CSV = PROJECT_DIR / "data" / "wa_churn.csv"
+E2E_EXPERIMENT = "churn"  # what the README passes to `mlflow run --experiment-name`
 
 
 @cache
@@ -68,3 +76,98 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     yield uri
     if mlflow.active_run():  # a failed assertion inside a run must not leak into the next test
         mlflow.end_run()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A throwaway PostgreSQL server on loopback (scripts/test.sh installs PostgreSQL)."""
+    found = shutil.which("initdb") or next(
+        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None
+    )
+    if found is None:
+        pytest.skip("PostgreSQL server binaries not found (scripts/test.sh installs them as root)")
+    bin_dir = Path(found).parent
+    # PostgreSQL refuses to run as root: as root, run it as the `postgres` user, in a
+    # directory that user owns (pytest's own temporary directories are root-only).
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="tabular-mlops-pg-"))
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    data, port = root / "data", free_port()
+    run = {"check": True, "capture_output": True, "timeout": 120}
+    subprocess.run(
+        [*as_postgres, bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust"], **run
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [*as_postgres, bin_dir / "pg_ctl", "-D", data]
+    subprocess.run([*pg_ctl, "-o", options, "-l", root / "server.log", "-w", "start"], **run)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], **run)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# End-to-end helpers: the real `mlflow run` on a committed copy of the project.
+
+_GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.invalid",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.invalid",
+}
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's files (tracked or new, not ignored) committed in a fresh repository."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    copy = tmp_path_factory.mktemp("project")
+    for name in listed:
+        source = PROJECT_DIR / name
+        if source.is_file():  # deleted but not yet committed files are listed too
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy / name)
+    env = os.environ | _GIT_IDENTITY
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
+        subprocess.run(["git", *command], cwd=copy, env=env, check=True)
+    return copy
+
+
+def mlflow_run(
+    project: Path, tracking_uri: str, entry_point: str, *parameters: str, env_manager: str = "local"
+) -> subprocess.CompletedProcess[str]:
+    """`mlflow run` as a user types it; `local` uses this venv (and its `uv`)."""
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_ENV_ROOT": str(project.parent / "mlflow-envs"),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point]
+    command += ["--env-manager", env_manager, "--experiment-name", E2E_EXPERIMENT]
+    for parameter in parameters:
+        command += ["-P", parameter]
+    return subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def use_store(tracking_uri: str) -> mlflow.MlflowClient:
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient()

@@ -1,9 +1,7 @@
 """End to end: the real `mlflow run . -e train_basic` on a copy of the project."""
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +14,13 @@ import pandas as pd
 import pytest
 
 from tabular_mlops.tracking import Tag
-from tests.conftest import PROJECT_DIR
+from tests.conftest import E2E_EXPERIMENT, free_port, mlflow_run, sqlite_uri, use_store
 
 pytestmark = pytest.mark.e2e
 
+ENTRY_POINT = "train_basic"
 REGISTERED = "churn-classifier"
 ALIAS = "latest-model"
-EXPERIMENT = "churn"
 TEST_METRICS = {
     "roc_auc",
     "precision_recall_auc",
@@ -40,70 +38,13 @@ PLOTS = {
     "calibration_curve_plot.png",
     "feature_importance/gain_share.png",
 }
-_GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "test",
-    "GIT_AUTHOR_EMAIL": "test@example.invalid",
-    "GIT_COMMITTER_NAME": "test",
-    "GIT_COMMITTER_EMAIL": "test@example.invalid",
-}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's files (tracked or new, not ignored) committed in a fresh repository."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    copy = tmp_path_factory.mktemp("project")
-    for name in listed:
-        source = PROJECT_DIR / name
-        if source.is_file():  # deleted but not yet committed files are listed too
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, copy / name)
-    env = os.environ | _GIT_IDENTITY
-    for command in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "snapshot"]):
-        subprocess.run(["git", *command], cwd=copy, env=env, check=True)
-    return copy
-
-
-def mlflow_run(
-    project: Path, tracking_uri: str, *parameters: str, env_manager: str = "local"
-) -> subprocess.CompletedProcess[str]:
-    """`mlflow run` as a user types it; `local` uses this venv (and its `uv`)."""
-    env = os.environ | {
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "MLFLOW_ENV_ROOT": str(project.parent / "mlflow-envs"),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", "train_basic"]
-    command += ["--env-manager", env_manager, "--experiment-name", EXPERIMENT]
-    for parameter in parameters:
-        command += ["-P", parameter]
-    return subprocess.run(
-        command, cwd=project, env=env, capture_output=True, text=True, timeout=900
-    )
-
-
-def sqlite_uri(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
-def use_store(tracking_uri: str) -> mlflow.MlflowClient:
-    mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient()
 
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on a free loopback port, proxying its artifacts."""
     root = tmp_path_factory.mktemp("server")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     log = (root / "server.log").open("w")
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", "1"]
@@ -134,13 +75,13 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def only_run() -> mlflow.entities.Run:
-    (run,) = mlflow.search_runs(experiment_names=[EXPERIMENT], output_format="list")
+    (run,) = mlflow.search_runs(experiment_names=[E2E_EXPERIMENT], output_format="list")
     return run
 
 
 def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
     store = sqlite_uri(tmp_path / "mlflow.db")
-    result = mlflow_run(project, store)
+    result = mlflow_run(project, store, ENTRY_POINT)
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(store)
 
@@ -197,7 +138,7 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
     assert len(sample) == 20 and sample["probability"].between(0, 1).all()
 
     # A second run with overridden parameters becomes version 2 and takes the alias.
-    result = mlflow_run(project, store, "n_estimators=100", "seed=7")
+    result = mlflow_run(project, store, ENTRY_POINT, "n_estimators=100", "seed=7")
     assert result.returncode == 0, result.stderr[-3000:]
     second = client.get_model_version_by_alias(REGISTERED, ALIAS)
     assert int(second.version) == 2
@@ -208,7 +149,7 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
 def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path) -> None:
     # conda.yaml converted by `--env-manager uv`: the environment README documents.
     store = sqlite_uri(tmp_path / "mlflow.db")
-    result = mlflow_run(project, store, "n_estimators=50", env_manager="uv")
+    result = mlflow_run(project, store, ENTRY_POINT, "n_estimators=50", env_manager="uv")
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(store)
     run = only_run()
@@ -217,7 +158,7 @@ def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path
 
 
 def test_train_basic_against_a_tracking_server(project: Path, tracking_server: str) -> None:
-    result = mlflow_run(project, tracking_server, "n_estimators=50")
+    result = mlflow_run(project, tracking_server, ENTRY_POINT, "n_estimators=50")
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(tracking_server)
     run = only_run()
@@ -245,7 +186,7 @@ def test_bad_input_fails_the_run(
     project: Path, tmp_path: Path, parameter: str, message: str
 ) -> None:
     store = sqlite_uri(tmp_path / "mlflow.db")
-    result = mlflow_run(project, store, parameter)
+    result = mlflow_run(project, store, ENTRY_POINT, parameter)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr.split("=== Run (ID")[0]  # the step's own output

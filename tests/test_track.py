@@ -1,0 +1,196 @@
+"""The `track` step in-process on a sample of the churn table, and a shared study."""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from steps import track
+from tabular_mlops.tracking import Tag
+from tabular_mlops.tuning import OBJECTIVE, STUDY_TAG, TRIAL_TAG
+from tests.conftest import PROJECT_DIR, churn_frame, churn_settings, write_config
+
+SMALL_SPACE = {
+    "n_estimators": {"type": "int", "low": 20, "high": 80},
+    "learning_rate": {"type": "float", "low": 0.03, "high": 0.3, "log": True},
+    "num_leaves": {"type": "int", "low": 4, "high": 31},
+    "min_child_samples": {"type": "categorical", "choices": [10, 20, 40]},
+}
+
+
+def small_config(tmp_path: Path, **tuning: Any) -> Path:
+    churn_frame().sample(1500, random_state=0).to_csv(tmp_path / "churn.csv", index=False)
+    return write_config(
+        tmp_path / "track.yaml",
+        churn_settings(),
+        data={"path": str(tmp_path / "churn.csv")},
+        tuning={"n_trials": 4, "cv_folds": 3, "search_space": SMALL_SPACE} | tuning,
+    )
+
+
+def parent_and_trials() -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    runs = mlflow.search_runs(experiment_names=["churn"], output_format="list")
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    trials = [run for run in runs if run is not parent]
+    assert all(run.data.tags["mlflow.parentRunId"] == parent.info.run_id for run in trials)
+    return parent, trials
+
+
+def test_track_logs_nested_trials_the_best_model_and_a_report(
+    tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert track.main(["--config", str(small_config(tmp_path))]) == 0
+    parent, trials = parent_and_trials()
+    assert parent.info.status == "FINISHED" and len(trials) == 4
+
+    for trial in trials:
+        assert trial.info.status == "FINISHED"
+        assert set(trial.data.params) == set(SMALL_SPACE)
+        assert {
+            f"cv_{m}_{s}" for m in ("roc_auc", "pr_auc", "log_loss") for s in ("mean", "std")
+        } == set(trial.data.metrics)
+        assert trial.data.metrics["cv_log_loss_mean"] > 0
+        for tag in (Tag.ENTRY_POINT, Tag.GIT_DIRTY, Tag.DATASET_DIGEST):
+            assert trial.data.tags.get(tag) == parent.data.tags.get(tag)
+        assert trial.data.tags[STUDY_TAG].startswith("churn-lightgbm-")
+
+    best = max(trials, key=lambda run: run.data.metrics[OBJECTIVE])
+    params = parent.data.params
+    assert params["best.mlflow_run_id"] == best.info.run_id
+    assert params["best.trial"] == best.data.tags[TRIAL_TAG]
+    assert {name: params[f"best.{name}"] for name in SMALL_SPACE} == best.data.params
+    metrics = parent.data.metrics
+    assert metrics[f"best_{OBJECTIVE}"] == best.data.metrics[OBJECTIVE]
+    assert metrics["trials_completed"] == 4
+    assert {"roc_auc", "log_loss", "brier_score_loss"} <= set(metrics)  # test split, refit
+
+    history = mlflow.MlflowClient().get_metric_history(
+        parent.info.run_id, "learning_curve_test_auc"
+    )
+    assert [point.step for point in history] == list(range(1, int(params["best.n_estimators"]) + 1))
+
+    board = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id, artifact_path="tuning/leaderboard.csv"
+        )
+    )
+    assert board["rank"].tolist() == [1, 2, 3, 4]
+    assert board[OBJECTIVE].is_monotonic_decreasing
+    assert board["run_id"].iloc[0] == best.info.run_id
+    artifacts = {
+        item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "tuning")
+    }
+    assert {"tuning/leaderboard.md", "tuning/optimization_history.png"} <= artifacts
+    assert "tuning/param_importances.png" in artifacts
+
+    out = capsys.readouterr().out
+    assert "Top 4 trials of churn-lightgbm-" in out
+    assert out.count(best.info.run_id) == 1
+    model = mlflow.sklearn.load_model(parent.data.tags[Tag.MODEL_URI])
+    assert model.named_steps["classifier"].n_estimators == int(params["best.n_estimators"])
+    experiment = mlflow.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.note.content"].startswith("Customer-churn classifier")
+    assert experiment.tags["project"] == "tabular-mlops"
+
+
+def test_same_config_picks_the_same_best_params(tracking_uri: str, tmp_path: Path) -> None:
+    config = str(small_config(tmp_path))
+    assert track.main(["--config", config]) == 0
+    assert track.main(["--config", config]) == 0
+    parents = mlflow.search_runs(
+        experiment_names=["churn"],
+        filter_string="tags.mlflow.parentRunId IS NULL",
+        output_format="list",
+    )
+    bests = [
+        {k: v for k, v in run.data.params.items() if k.startswith("best.") and "run_id" not in k}
+        for run in parents
+    ]
+    assert len(bests) == 2 and bests[0] == bests[1]
+    assert parents[0].data.metrics["roc_auc"] == parents[1].data.metrics["roc_auc"]
+
+
+@pytest.mark.parametrize(
+    ("tuning", "argv", "message"),
+    [
+        ({"search_space": {}}, [], "tuning.search_space: Dictionary should have at least 1 item"),
+        ({}, ["--n-trials", "0"], "tuning.n_trials: Input should be greater than or equal to 1"),
+        (
+            {"search_space": {"max_dpeth": {"type": "int", "low": 2, "high": 8}}},
+            [],
+            "unknown LightGBM parameter(s): max_dpeth",
+        ),
+        (
+            {"search_space": {"num_leaves": {"type": "int", "low": 1, "high": 8}}},
+            [],
+            "tuning.search_space.num_leaves reaches 1: num_leaves: Input should be greater",
+        ),
+        (None, [], "this entry point needs a `tuning` section in the config"),
+    ],
+)
+def test_bad_tuning_input_stops_before_any_run(
+    tracking_uri: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tuning: dict[str, Any] | None,
+    argv: list[str],
+    message: str,
+) -> None:
+    config = small_config(tmp_path, **(tuning or {}))
+    if tuning is None:
+        write_config(config, {k: v for k, v in churn_settings().items() if k != "tuning"})
+    with caplog.at_level(logging.ERROR):
+        assert track.main(["--config", str(config), *argv]) == 1
+    assert message in caplog.text
+    assert mlflow.search_runs(search_all_experiments=True).empty  # no parent, no trial
+
+
+def test_two_processes_add_trials_to_one_shared_study(postgres_url: str, tmp_path: Path) -> None:
+    config = small_config(tmp_path, n_trials=3, cv_folds=2)
+    # Two "machines" sharing this one's cores: one LightGBM thread each (LightGBM takes
+    # every physical core by default and ignores OMP_NUM_THREADS).
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["params"]["n_jobs"] = 1
+    config.write_text(yaml.safe_dump(settings))
+    stores = [tmp_path / f"machine-{i}.db" for i in (1, 2)]
+    command = [sys.executable, "-m", "steps.track", "--config", str(config)]
+    command += ["--storage", postgres_url, "--study-name", "shared"]
+    env = os.environ | {"PYTHONPATH": str(PROJECT_DIR)}
+    workers = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env | {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for store in stores
+    ]
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    for store, output in zip(stores, outputs, strict=True):
+        store.with_suffix(".log").write_text(output)
+    assert [worker.returncode for worker in workers] == [0, 0], f"see {tmp_path}/machine-*.log"
+
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert sorted(trial.number for trial in complete) == list(range(6))
+
+    numbers_per_store = []
+    for store in stores:
+        mlflow.set_tracking_uri(f"sqlite:///{store}")
+        parent, trials = parent_and_trials()
+        assert parent.info.status == "FINISHED" and len(trials) == 3
+        assert {trial.data.tags[STUDY_TAG] for trial in trials} == {"shared"}
+        numbers_per_store.append({int(trial.data.tags[TRIAL_TAG]) for trial in trials})
+        assert int(parent.data.params["best.trial"]) in range(6)
+    assert numbers_per_store[0].isdisjoint(numbers_per_store[1])
+    assert numbers_per_store[0] | numbers_per_store[1] == set(range(6))
