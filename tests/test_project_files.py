@@ -2,10 +2,12 @@
 
 import re
 import tomllib
+from types import ModuleType
 
+import pytest
 import yaml
 
-from steps import train_basic
+from steps import track, train_basic
 from tests.conftest import PROJECT_DIR
 
 
@@ -26,13 +28,15 @@ def test_mlproject_uses_conda_yaml() -> None:
     assert mlproject()["conda_env"] == "conda.yaml"
 
 
-def test_every_train_basic_parameter_reaches_the_step() -> None:
-    entry_point = mlproject()["entry_points"]["train_basic"]
+@pytest.mark.parametrize("step", [train_basic, track], ids=lambda step: step.ENTRY_POINT)
+def test_every_parameter_reaches_the_step(step: ModuleType) -> None:
+    entry_point = mlproject()["entry_points"][step.ENTRY_POINT]
     parameters = entry_point["parameters"]
+    assert entry_point["command"].startswith(f"python -m steps.{step.ENTRY_POINT} ")
     passed = dict(re.findall(r"--([a-z-]+) \{([a-z_]+)\}", entry_point["command"]))
     assert sorted(passed.values()) == sorted(parameters)
     assert all(flag == name.replace("_", "-") for flag, name in passed.items())
-    assert set(parameters) == {"config", *train_basic.OVERRIDES}
+    assert set(parameters) == {"config", *step.OVERRIDES}
     assert {spec["type"] for spec in parameters.values()} <= {"string", "float"}
     # The step accepts what MLflow substitutes for every default.
     argv = [
@@ -40,5 +44,5 @@ def test_every_train_basic_parameter_reaches_the_step() -> None:
         for name, spec in parameters.items()
         for arg in (f"--{name.replace('_', '-')}", str(spec["default"]))
     ]
-    parsed = vars(train_basic.parse_args(argv))
-    assert all(parsed[name] is None for name in train_basic.OVERRIDES)
+    parsed = vars(step.parse_args(argv))
+    assert all(parsed[name] is None for name in step.OVERRIDES)

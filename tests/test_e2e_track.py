@@ -1,0 +1,50 @@
+"""End to end: the real `mlflow run . -e track` on the shipped data."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tabular_mlops.tracking import Tag
+from tests.conftest import E2E_EXPERIMENT, mlflow_run, sqlite_uri, use_store
+
+pytestmark = pytest.mark.e2e
+
+
+def runs_of(entry_point: str) -> list[mlflow.entities.Run]:
+    return mlflow.search_runs(
+        experiment_names=[E2E_EXPERIMENT],
+        filter_string=f"tags.{Tag.ENTRY_POINT} = '{entry_point}'",
+        output_format="list",
+    )
+
+
+def test_twenty_nested_trials_beat_the_untuned_model(project: Path, tmp_path: Path) -> None:
+    store = sqlite_uri(tmp_path / "mlflow.db")
+    untuned = mlflow_run(project, store, "train_basic")
+    assert untuned.returncode == 0, untuned.stderr[-3000:]
+    tuned = mlflow_run(project, store, "track", "n_trials=20")
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    use_store(store)
+
+    (baseline,) = runs_of("train_basic")
+    runs = runs_of("track")
+    (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    trials = [run for run in runs if run is not parent]
+    assert len(trials) == 20
+    assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
+    assert {run.info.status for run in trials} == {"FINISHED"}
+    assert parent.data.tags["mlflow.project.entryPoint"] == "track"
+    # The best trial's model, refit and scored on the same test split, beats the default.
+    assert parent.data.metrics["roc_auc"] > baseline.data.metrics["roc_auc"]
+    assert "Top 5 trials of churn-lightgbm-" in tuned.stdout
+
+
+def test_bad_tuning_parameter_fails_the_run_before_any_trial(project: Path, tmp_path: Path) -> None:
+    store = sqlite_uri(tmp_path / "mlflow.db")
+    result = mlflow_run(project, store, "track", "n_trials=0")
+    assert result.returncode != 0
+    assert "tuning.n_trials: Input should be greater than or equal to 1" in result.stderr
+    use_store(store)
+    (run,) = mlflow.search_runs(experiment_names=[E2E_EXPERIMENT], output_format="list")
+    assert run.info.status == "FAILED"  # the run `mlflow run` opened; no trial runs
