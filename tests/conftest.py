@@ -73,9 +73,14 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
+    # mlflow.set_experiment keeps the experiment in a module global and in the
+    # environment: each test starts like a fresh process, and leaves nothing behind.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     yield uri
     if mlflow.active_run():  # a failed assertion inside a run must not leak into the next test
         mlflow.end_run()
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
 
 
 def free_port() -> int:
