@@ -194,3 +194,19 @@ def test_two_processes_add_trials_to_one_shared_study(postgres_url: str, tmp_pat
         assert int(parent.data.params["best.trial"]) in range(6)
     assert numbers_per_store[0].isdisjoint(numbers_per_store[1])
     assert numbers_per_store[0] | numbers_per_store[1] == set(range(6))
+
+
+def test_parallel_trials_each_get_their_own_finished_run(tracking_uri: str, tmp_path: Path) -> None:
+    assert track.main(["--config", str(small_config(tmp_path)), "--n-jobs", "2"]) == 0
+    parent, trials = parent_and_trials()
+    assert len(trials) == 4 and {run.info.status for run in trials} == {"FINISHED"}
+    assert sorted(int(run.data.tags[TRIAL_TAG]) for run in trials) == [0, 1, 2, 3]
+    assert parent.data.params["tuning.n_jobs"] == "2"
+
+
+def test_timeout_stops_starting_trials(tracking_uri: str, tmp_path: Path) -> None:
+    config = str(small_config(tmp_path, n_trials=500))
+    assert track.main(["--config", config, "--timeout", "2"]) == 0
+    parent, trials = parent_and_trials()
+    assert 1 <= len(trials) < 500
+    assert parent.data.metrics["trials_completed"] == len(trials)
