@@ -4,19 +4,18 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tabular_mlops import data, evaluation, tracking, tuning
 from tabular_mlops.cli import (
-    ArgumentParser,
+    config_parser,
     configure_logging,
     number,
-    run_entry_point,
+    run_with_config,
     unset_or,
     whole_number,
 )
-from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
+from tabular_mlops.config import ProjectConfig
 from tabular_mlops.pipeline import build_pipeline, fit_with_learning_curve
 
 ENTRY_POINT = "track"
@@ -43,8 +42,7 @@ class TrackResult:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = ArgumentParser(prog=ENTRY_POINT, description=__doc__)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    parser = config_parser(ENTRY_POINT, __doc__)
     parser.add_argument("--data-path", type=unset_or(str))
     parser.add_argument("--n-trials", type=unset_or(whole_number))
     parser.add_argument("--timeout", type=unset_or(number))
@@ -93,9 +91,7 @@ def track(config: ProjectConfig) -> TrackResult:
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    args = parse_args(argv)
-    overrides = {key: getattr(args, parameter) for parameter, key in OVERRIDES.items()}
-    return run_entry_point(lambda: track(load_config(args.config, overrides)))
+    return run_with_config(parse_args(argv), OVERRIDES, track)
 
 
 if __name__ == "__main__":

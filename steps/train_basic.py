@@ -4,18 +4,17 @@ import argparse
 import logging
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from tabular_mlops import data, evaluation, registry, tracking
 from tabular_mlops.cli import (
-    ArgumentParser,
+    config_parser,
     configure_logging,
     number,
-    run_entry_point,
+    run_with_config,
     unset_or,
     whole_number,
 )
-from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
+from tabular_mlops.config import ProjectConfig
 from tabular_mlops.pipeline import build_pipeline
 
 ENTRY_POINT = "train_basic"
@@ -44,8 +43,7 @@ class TrainResult:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = ArgumentParser(prog=ENTRY_POINT, description=__doc__)
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    parser = config_parser(ENTRY_POINT, __doc__)
     text = unset_or(str)
     parser.add_argument("--data-path", type=text)
     parser.add_argument("--target", type=text)
@@ -91,9 +89,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    args = parse_args(argv)
-    overrides = {key: getattr(args, parameter) for parameter, key in OVERRIDES.items()}
-    return run_entry_point(lambda: train_basic(load_config(args.config, overrides)))
+    return run_with_config(parse_args(argv), OVERRIDES, train_basic)
 
 
 if __name__ == "__main__":

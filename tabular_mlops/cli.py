@@ -2,9 +2,11 @@
 
 import argparse
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import NoReturn, TypeVar
 
+from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
 from tabular_mlops.errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -54,10 +56,23 @@ def configure_logging() -> None:
     )
 
 
-def run_entry_point(step: Callable[[], None]) -> int:
-    """Run `step`; a UserInputError becomes one error line and exit code 1."""
+def config_parser(entry_point: str, description: str | None) -> ArgumentParser:
+    """A parser for an entry point, with the `--config` every entry point takes."""
+    parser = ArgumentParser(prog=entry_point, description=description)
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    return parser
+
+
+def run_with_config(
+    args: argparse.Namespace,
+    overrides: Mapping[str, str],
+    step: Callable[[ProjectConfig], object],
+) -> int:
+    """Load `--config` with the parameters in `overrides` (parameter -> config key) on top
+    and run `step` on it; a UserInputError becomes one error line and exit code 1."""
+    values = {key: getattr(args, parameter) for parameter, key in overrides.items()}
     try:
-        step()
+        step(load_config(args.config, values))
     except UserInputError as error:
         logger.error("%s", error)
         return 1
