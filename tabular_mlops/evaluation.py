@@ -5,8 +5,6 @@ precision, recall, accuracy) and the plots (ROC, PR, confusion matrix, calibrati
 this module adds what it lacks: the Brier score and a feature-importance chart.
 """
 
-import logging
-
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
@@ -19,8 +17,6 @@ from sklearn.pipeline import Pipeline
 
 from tabular_mlops.pipeline import feature_importance
 from tabular_mlops.tracking import quiet_integer_schema_hint
-
-logger = logging.getLogger(__name__)
 
 LABEL_COLUMN = "__label__"
 # Metric names as MLflow's evaluator logs them, plus our own.
