@@ -12,7 +12,8 @@ if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(sys.version_info[:2]
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+digest=$("$python" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest()[:16])')
+stamp=".venv/.installed-$digest"
 if [ ! -e "$stamp" ]; then
     echo "setup: installing the project into .venv (first time: about a minute)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip
