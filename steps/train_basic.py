@@ -74,7 +74,8 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         )
 
         name, alias = config.tracking.registered_model_name, config.tracking.alias
-        version = registry.register(model_info.model_uri, name, alias)
+        version = registry.register_run_model(run.info.run_id, model_info.model_uri, name)
+        registry.move_alias(name, alias, version.version)
         rows = config.tracking.prediction_sample_rows
         evaluation.log_sample_predictions(
             registry.alias_uri(name, alias),
@@ -84,7 +85,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         )
     for metric in evaluation.HEADLINE_METRICS:
         logger.info("test %s = %.4f", metric, metrics[metric])
-    return TrainResult(run.info.run_id, model_info.model_uri, int(version.version), metrics)
+    return TrainResult(run.info.run_id, model_info.model_uri, version.version, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

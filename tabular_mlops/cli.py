@@ -39,6 +39,18 @@ def number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0", "")
+
+
+def boolean(text: str) -> bool:
+    """true/false (also yes/no, 1/0; any case); "" is false, an unset MLproject flag."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def unset_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:
     """MLproject parameters default to "", meaning: keep the config's value."""
 

@@ -4,10 +4,18 @@ import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tabular_mlops.errors import ConfigError
 
@@ -16,6 +24,30 @@ DEFAULT_CONFIG_PATH = Path("config/churn.yaml")
 # MLflow reserves `latest` (any case) and `v<N>` for its own model URIs.
 _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
 _ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Metrics of MLflow's default classifier evaluator a promotion can be judged by, and
+# whether greater is better for each.
+GATE_METRICS: dict[str, bool] = {
+    "roc_auc": True,
+    "precision_recall_auc": True,
+    "log_loss": False,
+    "f1_score": True,
+    "accuracy_score": True,
+    "precision_score": True,
+    "recall_score": True,
+}
+
+
+def _usable_alias(alias: str) -> str:
+    if _RESERVED_ALIAS.match(alias):
+        raise ValueError(f"alias {alias!r} is reserved by MLflow (latest, v<N>)")
+    if not _ALIAS_PATTERN.match(alias):
+        raise ValueError(f"alias {alias!r} may only hold letters, digits, '_' and '-'")
+    return alias
+
+
+# A registered-model alias this project may set.
+Alias = Annotated[str, AfterValidator(_usable_alias)]
 
 
 class _Section(BaseModel):
@@ -148,17 +180,37 @@ class TrackingConfig(_Section):
     # Name of the logged model inside its run (`runs:/<run_id>/<model_name>`).
     model_name: str = Field("model", min_length=1)
     registered_model_name: str = Field(min_length=1)
-    alias: str = "latest-model"
+    # Moved to every version `train_basic` registers.
+    alias: Alias = "latest-model"
     prediction_sample_rows: int = Field(20, ge=1)
 
-    @field_validator("alias")
+
+class PromotionConfig(_Section):
+    """The `register` gate: a challenger becomes champion only if, on the same held-out
+    rows, it reaches `threshold` and beats the champion by at least `min_improvement`."""
+
+    metric: str = "roc_auc"
+    # The challenger's bar: a minimum, or a maximum for a lower-is-better metric (log_loss).
+    threshold: float
+    # Over the champion, in the metric's units; MLflow's validation needs it positive.
+    min_improvement: float = Field(gt=0)
+    # A table no candidate trained on, same columns as `data`; None: the test split of `data`.
+    holdout_path: Path | None = None
+    champion_alias: Alias = "champion"
+    challenger_alias: Alias = "challenger"
+    # Where the champion goes when replaced: a rollback moves `champion` back to it.
+    previous_champion_alias: Alias = "previous-champion"
+
+    @field_validator("metric")
     @classmethod
-    def _alias_is_usable(cls, alias: str) -> str:
-        if _RESERVED_ALIAS.match(alias):
-            raise ValueError(f"alias {alias!r} is reserved by MLflow (latest, v<N>)")
-        if not _ALIAS_PATTERN.match(alias):
-            raise ValueError(f"alias {alias!r} may only hold letters, digits, '_' and '-'")
-        return alias
+    def _metric_is_known(cls, metric: str) -> str:
+        if metric not in GATE_METRICS:
+            raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(GATE_METRICS)}")
+        return metric
+
+    @property
+    def greater_is_better(self) -> bool:
+        return GATE_METRICS[self.metric]
 
 
 class ProjectConfig(_Section):
@@ -167,6 +219,21 @@ class ProjectConfig(_Section):
     model: ModelConfig = ModelConfig()
     tuning: TuningConfig | None = None  # needed by the `track` entry point only
     tracking: TrackingConfig
+    promotion: PromotionConfig | None = None  # needed by the `register` entry point only
+
+    @model_validator(mode="after")
+    def _aliases_are_distinct(self) -> "ProjectConfig":
+        aliases = [self.tracking.alias]
+        if self.promotion:
+            promotion = self.promotion
+            aliases += [
+                promotion.champion_alias,
+                promotion.challenger_alias,
+                promotion.previous_champion_alias,
+            ]
+        if len(set(aliases)) < len(aliases):
+            raise ValueError(f"aliases must differ, got {', '.join(aliases)}")
+        return self
 
     @model_validator(mode="after")
     def _search_space_fits_the_model(self) -> "ProjectConfig":
@@ -188,6 +255,11 @@ class ProjectConfig(_Section):
         if self.tuning is None:
             raise ConfigError("this entry point needs a `tuning` section in the config")
         return self.tuning
+
+    def require_promotion(self) -> PromotionConfig:
+        if self.promotion is None:
+            raise ConfigError("this entry point needs a `promotion` section in the config")
+        return self.promotion
 
     def flat(self) -> dict[str, Any]:
         """Settings as dotted keys (`model.n_estimators`), the form logged as run params."""

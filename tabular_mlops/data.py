@@ -50,6 +50,16 @@ class LabeledTable:
 
 
 @dataclass(frozen=True)
+class Holdout:
+    """Labelled rows to compare models on, and the table they come from."""
+
+    table: LabeledTable
+    X: pd.DataFrame
+    y: pd.Series
+    is_test_split: bool  # True: the test split of the training table
+
+
+@dataclass(frozen=True)
 class Split:
     X_train: pd.DataFrame
     X_test: pd.DataFrame
@@ -150,6 +160,18 @@ def split(table: LabeledTable, config: SplitConfig) -> Split:
             f"cannot split {table.source} with split.test_size={config.test_size}: {error}"
         ) from None
     return Split(X_train, X_test, y_train, y_test, ids_test)
+
+
+def load_holdout(
+    training: LabeledTable, config: DataConfig, split_config: SplitConfig, path: Path | None
+) -> Holdout:
+    """The rows at `path`, read and checked like the training table, or, with no path,
+    the test split of `training` (the rows a model trained with `split_config` never saw)."""
+    if path is None:
+        parts = split(training, split_config)
+        return Holdout(training, parts.X_test, parts.y_test, is_test_split=True)
+    table = load_table(config.model_copy(update={"path": path}))
+    return Holdout(table, table.features, table.target, is_test_split=False)
 
 
 def _positive_label(target: pd.Series, config: DataConfig) -> Any:

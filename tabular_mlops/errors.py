@@ -15,3 +15,7 @@ class ConfigError(UserInputError):
 
 class DataError(UserInputError):
     """The table cannot be used for training as configured."""
+
+
+class PromotionError(UserInputError):
+    """A registry action cannot go ahead: no candidate, a model that does not load, ..."""

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
+from mlflow.models import EvaluationResult
 from sklearn.metrics import brier_score_loss
 from sklearn.pipeline import Pipeline
 
@@ -36,10 +37,16 @@ def log_test_evaluation(
 
 def evaluate(model_uri: str, X_test: pd.DataFrame, y_test: pd.Series) -> dict[str, float]:
     """Evaluate the logged model on the test split; returns every metric logged."""
+    return dict(evaluate_model(model_uri, X_test, y_test).metrics)
+
+
+def evaluate_model(model_uri: str, X: pd.DataFrame, y: pd.Series) -> EvaluationResult:
+    """MLflow's default classifier evaluation of `model_uri` on labelled rows, logged to
+    the active run."""
     with quiet_integer_schema_hint():
-        result = mlflow.models.evaluate(
+        return mlflow.models.evaluate(
             model=model_uri,
-            data=X_test.assign(**{LABEL_COLUMN: y_test.to_numpy()}),
+            data=X.assign(**{LABEL_COLUMN: y.to_numpy()}),
             targets=LABEL_COLUMN,
             model_type="classifier",
             evaluators="default",
@@ -47,7 +54,6 @@ def evaluate(model_uri: str, X_test: pd.DataFrame, y_test: pd.Series) -> dict[st
             # from LightGBM's own contributions in the custom model instead.
             evaluator_config={"pos_label": 1, "log_model_explainability": False},
         )
-    return dict(result.metrics)
 
 
 def log_probability_metrics(y_test: pd.Series, probabilities: pd.Series) -> dict[str, float]:

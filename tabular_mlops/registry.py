@@ -1,20 +1,148 @@
-"""Model registry: versions and aliases (stages are deprecated in MLflow 3)."""
+"""Model registry: versions, their descriptions and aliases (stages are deprecated)."""
 
 import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import mlflow
+import pandas as pd
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+from tabular_mlops.evaluation import HEADLINE_METRICS
+from tabular_mlops.tracking import Tag
 
 logger = logging.getLogger(__name__)
+
+# Tag on a version: the outcome of its last review by `register` (see tabular_mlops.promotion).
+REVIEW_TAG = "validation_status"
+# The latest versions `versions_table` lists.
+LISTED_VERSIONS = 100
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: int
+    run_id: str
+    created: bool  # False: the model was registered before and that version is reused
+
+    @property
+    def uri(self) -> str:
+        return version_uri(self.name, self.version)
 
 
 def alias_uri(registered_model_name: str, alias: str) -> str:
     return f"models:/{registered_model_name}@{alias}"
 
 
-def register(model_uri: str, registered_model_name: str, alias: str) -> ModelVersion:
-    """Register `model_uri` as a new version and point `alias` at it."""
-    version = mlflow.register_model(model_uri, registered_model_name)
-    mlflow.MlflowClient().set_registered_model_alias(registered_model_name, alias, version.version)
-    logger.info("registered %s version %s, alias %r", registered_model_name, version.version, alias)
-    return version
+def version_uri(registered_model_name: str, version: int) -> str:
+    return f"models:/{registered_model_name}/{version}"
+
+
+def find_version(name: str, run_id: str, model_uri: str) -> ModelVersion | None:
+    """The version of `name` registered from the model `run_id` logged at `model_uri`."""
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{name}' and run_id = '{run_id}'"
+    )
+    return next((version for version in versions if version.source == model_uri), None)
+
+
+def register_run_model(run_id: str, model_uri: str, name: str) -> RegisteredVersion:
+    """Register the model `run_id` logged at `model_uri`, once: registering the same model
+    again reuses its version. Either way the version gets a description and tags taken
+    from the run (metrics, data digest, git commit)."""
+    client = mlflow.MlflowClient()
+    existing = find_version(name, run_id, model_uri)
+    if existing is None:
+        version = int(mlflow.register_model(model_uri, name).version)
+    else:
+        version = int(existing.version)
+        logger.info("%s is already %s version %d: reusing it", model_uri, name, version)
+    run = client.get_run(run_id)
+    client.update_model_version(name, str(version), description=describe(run))
+    for key in (Tag.ENTRY_POINT, Tag.DATASET_DIGEST, Tag.GIT_COMMIT):
+        if key in run.data.tags:
+            client.set_model_version_tag(name, str(version), key, run.data.tags[key])
+    return RegisteredVersion(name, version, run_id, created=existing is None)
+
+
+def describe(run: Run) -> str:
+    """A version's description: where its model comes from and how it scored."""
+    tags, metrics = run.data.tags, run.data.metrics
+    scores = ", ".join(
+        f"{name} {metrics[name]:.4f}" for name in HEADLINE_METRICS if name in metrics
+    )
+    commit = tags.get(Tag.GIT_COMMIT, "unknown")
+    if tags.get(Tag.GIT_DIRTY) == "true":
+        commit += " (uncommitted changes)"
+    return (
+        f"Logged by run {run.info.run_id} (entry point {tags.get(Tag.ENTRY_POINT, 'unknown')}). "
+        f"Test split: {scores or 'no metrics'}. "
+        f"Data digest {tags.get(Tag.DATASET_DIGEST, 'unknown')}; git commit {commit}."
+    )
+
+
+def aliases(name: str) -> dict[str, int]:
+    """Alias -> version of the registered model `name`; empty when it does not exist."""
+    try:
+        model = mlflow.MlflowClient().get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return {}
+        raise
+    return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def move_alias(name: str, alias: str, version: int) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, str(version))
+    logger.info("alias %r of %s -> version %d", alias, name, version)
+
+
+def delete_alias(name: str, alias: str) -> None:
+    mlflow.MlflowClient().delete_registered_model_alias(name, alias)
+    logger.info("alias %r of %s deleted", alias, name)
+
+
+def set_review(name: str, version: int, outcome: str) -> None:
+    mlflow.MlflowClient().set_model_version_tag(name, str(version), REVIEW_TAG, outcome)
+
+
+def versions_table(name: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> pd.DataFrame:
+    """The latest versions of `name`, newest first, with their aliases, review outcome and
+    their runs' test metrics (from one `search_runs` call)."""
+    versions = mlflow.MlflowClient().search_model_versions(
+        f"name = '{name}'", max_results=LISTED_VERSIONS, order_by=["version_number DESC"]
+    )
+    # Search results may leave aliases out (MLflow says so): take them from the model.
+    by_version: dict[int, list[str]] = {}
+    for alias, version in aliases(name).items():
+        by_version.setdefault(version, []).append(alias)
+    run_ids = sorted({version.run_id for version in versions if version.run_id})
+    runs = (
+        mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"attributes.run_id IN ({', '.join(repr(r) for r in run_ids)})",
+            output_format="list",
+        )
+        if run_ids
+        else []
+    )
+    run_metrics = {run.info.run_id: run.data.metrics for run in runs}
+    rows = [
+        {
+            "version": int(version.version),
+            "aliases": ", ".join(sorted(by_version.get(int(version.version), []))),
+            "created": datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).strftime(
+                "%Y-%m-%d %H:%M"
+            ),
+            "run_id": version.run_id,
+            "entry_point": version.tags.get(Tag.ENTRY_POINT, ""),
+            REVIEW_TAG: version.tags.get(REVIEW_TAG, ""),
+        }
+        | {metric: run_metrics.get(version.run_id, {}).get(metric) for metric in metrics}
+        for version in versions
+    ]
+    return pd.DataFrame(rows)

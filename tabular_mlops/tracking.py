@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import mlflow
 import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.entities import Metric
 from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_TRACKING_URI
 from mlflow.models import infer_signature
@@ -130,19 +131,24 @@ def log_config(config: ProjectConfig) -> None:
 
 def log_dataset(table: LabeledTable, context: str = "training") -> str:
     """Log the table as the run's input; returns its digest."""
+    dataset = as_mlflow_dataset(table)
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tag(Tag.DATASET_DIGEST, dataset.digest)
+    return dataset.digest
+
+
+def as_mlflow_dataset(table: LabeledTable) -> PandasDataset:
+    """The table as MLflow sees it; its digest identifies the data a model trained on."""
     with warnings.catch_warnings(), quiet_integer_schema_hint():
         # MLflow registers one local-file source class per URI scheme, then warns that a
         # path matches "LocalArtifactDatasetSource, LocalArtifactDatasetSource".
         warnings.filterwarnings("ignore", message="The specified dataset source can be")
-        dataset = mlflow.data.from_pandas(
+        return mlflow.data.from_pandas(
             table.raw,
             source=str(table.source),
             targets=table.target.name,
             name=table.source.name,
         )
-        mlflow.log_input(dataset, context=context)
-    mlflow.set_tag(Tag.DATASET_DIGEST, dataset.digest)
-    return dataset.digest
 
 
 def log_pipeline(pipeline: Pipeline, X_train: pd.DataFrame, tracking: TrackingConfig) -> ModelInfo:

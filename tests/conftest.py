@@ -1,10 +1,13 @@
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -66,21 +69,31 @@ def mixed_table(rows: int = 200, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-@pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh sqlite store; the working directory is tmp_path, where artifacts land."""
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def point_mlflow_at(directory: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Use the sqlite store in `directory`, which becomes the working directory (where
+    artifacts land), as a fresh process would."""
+    monkeypatch.chdir(directory)
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     # mlflow.set_experiment keeps the experiment in a module global and in the
     # environment: each test starts like a fresh process, and leaves nothing behind.
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    yield uri
+    return uri
+
+
+def leave_no_run_behind() -> None:
     if mlflow.active_run():  # a failed assertion inside a run must not leak into the next test
         mlflow.end_run()
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh sqlite store; the working directory is tmp_path, where artifacts land."""
+    yield point_mlflow_at(tmp_path, monkeypatch)
+    leave_no_run_behind()
 
 
 def free_port() -> int:
@@ -119,6 +132,40 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free loopback port, proxying its artifacts."""
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = (root / "server.log").open("w")
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", sqlite_uri(root / "server.db")]
+    command += ["--artifacts-destination", str(root / "artifacts")]
+    server = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its workers go down with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5):
+                    break
+            except OSError:
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+        log.close()
+
+
 # End-to-end helpers: the real `mlflow run` on a committed copy of the project.
 
 _GIT_IDENTITY = {
@@ -152,7 +199,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def mlflow_run(
-    project: Path, tracking_uri: str, entry_point: str, *parameters: str, env_manager: str = "local"
+    project: Path,
+    tracking_uri: str,
+    entry_point: str,
+    *parameters: str,
+    env_manager: str = "local",
+    experiment: str = E2E_EXPERIMENT,
 ) -> subprocess.CompletedProcess[str]:
     """`mlflow run` as a user types it; `local` uses this venv (and its `uv`)."""
     env = os.environ | {
@@ -161,7 +213,7 @@ def mlflow_run(
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point]
-    command += ["--env-manager", env_manager, "--experiment-name", E2E_EXPERIMENT]
+    command += ["--env-manager", env_manager, "--experiment-name", experiment]
     for parameter in parameters:
         command += ["-P", parameter]
     return subprocess.run(

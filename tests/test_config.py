@@ -65,6 +65,15 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
         ({"tracking": {"alias": "Latest"}}, r"alias 'Latest' is reserved"),
         ({"tracking": {"alias": "v3"}}, r"alias 'v3' is reserved"),
         ({"tracking": {"alias": "my alias"}}, r"may only hold letters"),
+        ({"promotion": {"champion_alias": "latest"}}, r"champion_alias: alias 'latest' is res"),
+        ({"promotion": {"challenger_alias": "V1"}}, r"challenger_alias: alias 'V1' is reserved"),
+        (
+            {"promotion": {"previous_champion_alias": "champion"}},
+            r"aliases must differ, got latest-model, champion, challenger, champion",
+        ),
+        ({"promotion": {"min_improvement": 0}}, r"promotion\.min_improvement: .*greater than 0"),
+        ({"promotion": {"metric": "auc"}}, r"unknown metric 'auc': use one of roc_auc, "),
+        ({"promotion": {"threshold": None}}, r"promotion\.threshold: .*valid number"),
         ({"data": {"id_columns": ["churn"]}}, r"'churn' is listed twice \(target and id_columns\)"),
         (
             {"data": {"categorical_features": ["tenure"]}},
@@ -96,3 +105,14 @@ def test_missing_required_section_is_named(tmp_path: Path) -> None:
     del settings["tracking"]
     with pytest.raises(ConfigError, match="tracking: required"):
         load_config(write_config(tmp_path / "c.yaml", settings))
+
+
+def test_promotion_section_is_needed_by_register_only(tmp_path: Path) -> None:
+    settings = churn_settings()
+    del settings["promotion"]
+    config = load_config(write_config(tmp_path / "c.yaml", settings))
+    with pytest.raises(ConfigError, match="needs a `promotion` section"):
+        config.require_promotion()
+    assert load_config(CHURN_CONFIG).require_promotion().greater_is_better
+    log_loss = load_config(CHURN_CONFIG, {"promotion.metric": "log_loss"}).promotion
+    assert not log_loss.greater_is_better

@@ -1,12 +1,6 @@
 """End to end: the real `mlflow run . -e train_basic` on a copy of the project."""
 
-import os
-import signal
 import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -14,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tabular_mlops.tracking import Tag
-from tests.conftest import E2E_EXPERIMENT, free_port, mlflow_run, sqlite_uri, use_store
+from tests.conftest import E2E_EXPERIMENT, mlflow_run, sqlite_uri, use_store
 
 pytestmark = pytest.mark.e2e
 
@@ -38,40 +32,6 @@ PLOTS = {
     "calibration_curve_plot.png",
     "feature_importance/gain_share.png",
 }
-
-
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free loopback port, proxying its artifacts."""
-    root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    log = (root / "server.log").open("w")
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", sqlite_uri(root / "server.db")]
-    command += ["--artifacts-destination", str(root / "artifacts")]
-    server = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers go down with it
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                time.sleep(1)
-        yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
 
 
 def only_run() -> mlflow.entities.Run:

@@ -1,0 +1,92 @@
+"""Entry point `register`: review a candidate for `champion`, roll back, or list versions."""
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+
+import mlflow
+
+from tabular_mlops import promotion, registry, tracking
+from tabular_mlops.cli import (
+    boolean,
+    config_parser,
+    configure_logging,
+    number,
+    run_with_config,
+    unset_or,
+)
+from tabular_mlops.config import ProjectConfig
+from tabular_mlops.errors import PromotionError
+
+ENTRY_POINT = "register"
+ACTIONS = ("promote", "rollback", "list")
+logger = logging.getLogger(__name__)
+
+# Parameter -> config key it overrides.
+OVERRIDES = {
+    "data_path": "data.path",
+    "registered_model_name": "tracking.registered_model_name",
+    "metric": "promotion.metric",
+    "threshold": "promotion.threshold",
+    "min_improvement": "promotion.min_improvement",
+    "holdout_path": "promotion.holdout_path",
+}
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    run_id: str
+    decision: promotion.Decision | None  # None for `list`
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = config_parser(ENTRY_POINT, __doc__)
+    text = unset_or(str)
+    parser.add_argument("--action", choices=ACTIONS, default="promote")
+    parser.add_argument("--run-id", type=text)
+    parser.add_argument("--dry-run", type=boolean, default=False)
+    parser.add_argument("--data-path", type=text)
+    parser.add_argument("--registered-model-name", type=text)
+    parser.add_argument("--metric", type=text)
+    parser.add_argument("--threshold", type=unset_or(number))
+    parser.add_argument("--min-improvement", type=unset_or(number))
+    parser.add_argument("--holdout-path", type=text)
+    return parser.parse_args(argv)
+
+
+def register(
+    config: ProjectConfig, action: str = "promote", run_id: str | None = None, dry_run: bool = False
+) -> RegisterResult:
+    config.require_promotion()  # before any run: a config without it is a user error
+    name = config.tracking.registered_model_name
+    with tracking.project_run(config, ENTRY_POINT) as run:
+        tracking.log_config(config)
+        decision = None
+        if action == "rollback":
+            decision = promotion.rollback(config, dry_run)
+        elif action == "promote":
+            decision = promotion.promote(config, run_id, dry_run)
+        if decision is not None:
+            promotion.log_decision(decision)
+            if decision.verdict == promotion.Verdict.FAILED_TO_LOAD:
+                raise PromotionError(decision.reason)
+        versions = registry.versions_table(name)
+        listing = versions.to_markdown(index=False, floatfmt=".4f") if len(versions) else "none"
+        mlflow.log_text(listing, "registry/versions.md")
+    if decision is not None:
+        logger.info("%s", decision.summary())
+    print(f"Versions of {name}:\n{listing}")
+    return RegisterResult(run.info.run_id, decision)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = parse_args(argv)
+    return run_with_config(
+        args, OVERRIDES, lambda config: register(config, args.action, args.run_id, args.dry_run)
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

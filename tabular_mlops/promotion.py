@@ -1,0 +1,371 @@
+"""The champion/challenger gate of `register`, and its rollback, on plain MLflow.
+
+A candidate (a run's logged model) is registered once, must load from the registry and
+predict on its input example, then takes the `challenger` alias and is judged against the
+`champion` on the same held-out rows: `mlflow.models.evaluate` for both, then
+`mlflow.validate_evaluation_results` with the config's thresholds. Only a pass moves
+`champion`; the champion it replaces keeps `previous-champion`, so a rollback is one call.
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.models import EvaluationResult, MetricThreshold
+from mlflow.models.evaluation.validation import ModelValidationFailedException
+
+from tabular_mlops import data, evaluation, registry, tracking
+from tabular_mlops.config import ProjectConfig, PromotionConfig
+from tabular_mlops.errors import PromotionError
+from tabular_mlops.tracking import Tag
+
+logger = logging.getLogger(__name__)
+
+DECISION_ARTIFACT = "promotion/decision.json"
+VERDICT_TAG = "verdict"
+
+
+class Verdict(StrEnum):
+    PASSED = "passed"
+    REJECTED = "rejected"
+    ALREADY_CHAMPION = "already_champion"
+    FAILED_TO_LOAD = "failed_to_load"
+    ROLLED_BACK = "rolled_back"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    run: Run
+    model_uri: str
+    selected_by: str
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+
+@dataclass
+class Decision:
+    """Everything `register` decided, and on what grounds: logged to its run."""
+
+    action: str
+    registered_model: str
+    dry_run: bool
+    aliases_before: dict[str, int]
+    verdict: Verdict | None = None
+    reason: str = ""
+    applied: bool = False  # whether the registry changed
+    candidate_run_id: str | None = None
+    candidate_model_uri: str | None = None
+    selected_by: str | None = None
+    candidate_version: int | None = None  # None: a dry run of a model not yet registered
+    champion_version: int | None = None
+    holdout: dict[str, Any] = field(default_factory=dict)
+    challenger_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    aliases_after: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        prefix = "dry run, nothing changed: " if self.dry_run else ""
+        return f"{prefix}{self.verdict}: {self.reason}"
+
+
+def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decision:
+    """Review a candidate (`run_id`, or the experiment's best run) for `champion`."""
+    promotion = config.require_promotion()
+    name = config.tracking.registered_model_name
+    training = data.load_table(config.data)
+    holdout = data.load_holdout(training, config.data, config.split, promotion.holdout_path)
+    tracking.log_dataset(holdout.table, context="holdout")
+    # What a run must have trained on for these rows to be held out from it.
+    trained_on = _training_fingerprint(config, tracking.as_mlflow_dataset(training).digest)
+
+    candidate = (
+        _candidate_from_run(run_id, config.tracking.model_name)
+        if run_id
+        else _best_candidate(promotion, trained_on, holdout.is_test_split)
+    )
+    if holdout.is_test_split and (mismatch := _mismatch(candidate.run, trained_on)):
+        raise PromotionError(
+            f"run {candidate.run_id} was trained on other data or another split "
+            f"({mismatch}), so the test split is not held out from it: retrain it with this "
+            "config, or set promotion.holdout_path to rows no candidate trained on"
+        )
+    decision = Decision(
+        action="promote",
+        registered_model=name,
+        dry_run=dry_run,
+        aliases_before=registry.aliases(name),
+        candidate_run_id=candidate.run_id,
+        candidate_model_uri=candidate.model_uri,
+        selected_by=candidate.selected_by,
+        holdout={
+            "source": str(holdout.table.source),
+            "rows": len(holdout.y),
+            "test_split": holdout.is_test_split,
+        },
+    )
+    decision.champion_version = decision.aliases_before.get(promotion.champion_alias)
+    _review(decision, candidate, promotion, holdout, trained_on, dry_run)
+    decision.aliases_after = registry.aliases(name)
+    return decision
+
+
+def _review(
+    decision: Decision,
+    candidate: Candidate,
+    promotion: PromotionConfig,
+    holdout: data.Holdout,
+    trained_on: dict[str, str],
+    dry_run: bool,
+) -> None:
+    name, champion = decision.registered_model, decision.champion_version
+    existing = registry.find_version(name, candidate.run_id, candidate.model_uri)
+    if existing is not None and int(existing.version) == champion:
+        decision.candidate_version = champion
+        decision.verdict = Verdict.ALREADY_CHAMPION
+        decision.reason = f"version {champion} of {name} ({candidate.model_uri}) is the champion"
+        return
+
+    if dry_run:
+        version = int(existing.version) if existing is not None else None
+        review_uri = registry.version_uri(name, version) if version else candidate.model_uri
+    else:
+        registered = registry.register_run_model(candidate.run_id, candidate.model_uri, name)
+        version, review_uri = registered.version, registered.uri
+    decision.candidate_version = version
+
+    try:
+        check_loads(review_uri)
+    except Exception as error:  # whatever breaks loading or predicting, the model is unusable
+        decision.verdict = Verdict.FAILED_TO_LOAD
+        decision.reason = f"{review_uri} cannot serve: {_one_line(error)}"
+        if not dry_run:
+            registry.set_review(name, version, Verdict.FAILED_TO_LOAD)
+        return
+    if not dry_run:
+        registry.move_alias(name, promotion.challenger_alias, version)
+
+    challenger_result = _evaluate("challenger", review_uri, holdout)
+    champion_result = None
+    if champion is not None:
+        champion_run = mlflow.MlflowClient().get_model_version(name, str(champion)).run_id
+        if holdout.is_test_split and champion_run:
+            _warn_if_not_held_out(champion, champion_run, trained_on)
+        champion_result = _evaluate("champion", registry.version_uri(name, champion), holdout)
+    decision.challenger_metrics = dict(challenger_result.metrics)
+    decision.champion_metrics = dict(champion_result.metrics) if champion_result else {}
+
+    passed, decision.reason = judge(promotion, challenger_result, champion_result)
+    decision.verdict = Verdict.PASSED if passed else Verdict.REJECTED
+    if dry_run:
+        return
+    registry.set_review(name, version, decision.verdict)
+    if passed:
+        if champion is not None:
+            registry.move_alias(name, promotion.previous_champion_alias, champion)
+        registry.move_alias(name, promotion.champion_alias, version)
+    decision.applied = True
+
+
+def rollback(config: ProjectConfig, dry_run: bool) -> Decision:
+    """Move `champion` back to `previous-champion`, which is then cleared (so a second
+    rollback cannot bring the withdrawn version back)."""
+    promotion = config.require_promotion()
+    name = config.tracking.registered_model_name
+    before = registry.aliases(name)
+    previous = before.get(promotion.previous_champion_alias)
+    if previous is None:
+        raise PromotionError(
+            f"{name} has no {promotion.previous_champion_alias!r} alias: nothing to roll back to"
+        )
+    current = before.get(promotion.champion_alias)
+    if not dry_run:
+        registry.move_alias(name, promotion.champion_alias, previous)
+        registry.delete_alias(name, promotion.previous_champion_alias)
+        if current is not None:
+            registry.set_review(name, current, Verdict.ROLLED_BACK)
+    return Decision(
+        action="rollback",
+        registered_model=name,
+        dry_run=dry_run,
+        aliases_before=before,
+        verdict=Verdict.ROLLED_BACK,
+        reason=f"{promotion.champion_alias!r} moves from version {current} back to {previous}",
+        applied=not dry_run,
+        candidate_version=previous,
+        champion_version=current,
+        aliases_after=registry.aliases(name),
+    )
+
+
+def check_loads(model_uri: str) -> None:
+    """Load `model_uri` as a pyfunc and predict on its input example, or raise."""
+    model = mlflow.pyfunc.load_model(model_uri)
+    example = model.input_example
+    if example is None:
+        raise ValueError("the model has no input example to predict on")
+    predictions = model.predict(example)
+    if len(predictions) != len(example):
+        raise ValueError(f"{len(predictions)} predictions for {len(example)} example rows")
+
+
+def judge(
+    promotion: PromotionConfig,
+    challenger: EvaluationResult,
+    champion: EvaluationResult | None,
+) -> tuple[bool, str]:
+    """MLflow's validation of the challenger against the threshold and, when there is a
+    champion, against it; returns whether it passed and why."""
+    threshold = MetricThreshold(
+        threshold=promotion.threshold,
+        min_absolute_change=promotion.min_improvement if champion is not None else None,
+        greater_is_better=promotion.greater_is_better,
+    )
+    try:
+        mlflow.validate_evaluation_results({promotion.metric: threshold}, challenger, champion)
+    except ModelValidationFailedException as failure:
+        return False, _one_line(failure.message)
+    metric = promotion.metric
+    reason = f"{metric} {challenger.metrics[metric]:.4f} reaches {promotion.threshold}"
+    if champion is not None:
+        reason += (
+            f" and beats the champion's {champion.metrics[metric]:.4f} "
+            f"by at least {promotion.min_improvement}"
+        )
+    return True, reason + " on the held-out rows"
+
+
+def log_decision(decision: Decision) -> None:
+    """The decision as params, metrics, a tag and a JSON artifact of the active run."""
+    record = asdict(decision)
+    mlflow.log_dict(record, DECISION_ARTIFACT)
+    scalars = {
+        key: value
+        for key, value in record.items()
+        if key not in {"reason", "aliases_before", "aliases_after", "holdout"}
+        and not isinstance(value, dict)
+        and value is not None
+    }
+    mlflow.log_params({f"decision.{key}": value for key, value in scalars.items()})
+    mlflow.log_metrics(
+        {f"challenger.{key}": value for key, value in decision.challenger_metrics.items()}
+        | {f"champion.{key}": value for key, value in decision.champion_metrics.items()}
+    )
+    mlflow.set_tags({VERDICT_TAG: str(decision.verdict), "verdict_reason": decision.reason[:5000]})
+
+
+def _candidate_from_run(run_id: str, model_name: str) -> Candidate:
+    client = mlflow.MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise PromotionError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}") from None
+    if run.info.status != "FINISHED":
+        raise PromotionError(f"run {run_id} is {run.info.status}, not FINISHED")
+    model_uri = run.data.tags.get(Tag.MODEL_URI) or _logged_model_uri(run, model_name)
+    return Candidate(run, model_uri, selected_by="run_id parameter")
+
+
+def _logged_model_uri(run: Run, model_name: str) -> str:
+    """The model named `model_name` a run logged (for runs not made by this project)."""
+    models = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{model_name}'",
+        output_format="list",
+    )
+    if not models:
+        raise PromotionError(f"run {run.info.run_id} logged no model named {model_name!r}")
+    return f"models:/{models[0].model_id}"
+
+
+def _training_fingerprint(config: ProjectConfig, digest: str) -> dict[str, str]:
+    """Tag and params (as MLflow stores them: strings) of runs trained like this config."""
+    return {
+        f"tags.{Tag.DATASET_DIGEST}": digest,
+        "params.split.seed": str(config.split.seed),
+        "params.split.test_size": str(config.split.test_size),
+    }
+
+
+def _best_candidate(
+    promotion: PromotionConfig, trained_on: dict[str, str], same_split: bool
+) -> Candidate:
+    """The finished run with a logged model, trained on this data (and split, when the
+    held-out rows are the test split), that scored best on `promotion.metric`."""
+    required = trained_on if same_split else {k: v for k, v in trained_on.items() if "tags." in k}
+    conditions = [
+        "attributes.status = 'FINISHED'",
+        f"tags.{Tag.MODEL_URI} LIKE 'models:/%'",
+        f"metrics.{promotion.metric} >= 0",  # has the metric (every gate metric is >= 0)
+        *(f"{_backticked(key)} = '{value}'" for key, value in required.items()),
+    ]
+    order = "DESC" if promotion.greater_is_better else "ASC"
+    experiment_id = mlflow.active_run().info.experiment_id
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=" and ".join(conditions),
+        order_by=[f"metrics.{promotion.metric} {order}"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise PromotionError(
+            f"no finished run in experiment {experiment_id} has a model trained on this data "
+            f"({trained_on[f'tags.{Tag.DATASET_DIGEST}']}) and split: run train_basic or "
+            "track first, or pass -P run_id=..."
+        )
+    run = runs[0]
+    logger.info(
+        "best run by %s: %s (%.4f)",
+        promotion.metric,
+        run.info.run_id,
+        run.data.metrics[promotion.metric],
+    )
+    return Candidate(run, run.data.tags[Tag.MODEL_URI], selected_by=f"best {promotion.metric}")
+
+
+def _backticked(key: str) -> str:
+    """`params.split.seed` as MLflow's filter syntax wants it: params.`split.seed`."""
+    kind, _, name = key.partition(".")
+    return f"{kind}.`{name}`"
+
+
+def _mismatch(run: Run, trained_on: dict[str, str]) -> str:
+    """How the run's data or split differs from `trained_on`; empty when it does not."""
+    found = {f"tags.{key}": value for key, value in run.data.tags.items()}
+    found |= {f"params.{key}": value for key, value in run.data.params.items()}
+    return ", ".join(
+        f"{key.partition('.')[2]} {found.get(key, 'not recorded')}, not {expected}"
+        for key, expected in trained_on.items()
+        if found.get(key) != expected
+    )
+
+
+def _warn_if_not_held_out(champion: int, run_id: str, trained_on: dict[str, str]) -> None:
+    """A champion trained on other data or split may have seen some held-out rows: its
+    score is then optimistic, which makes the gate stricter, not looser."""
+    if mismatch := _mismatch(mlflow.MlflowClient().get_run(run_id), trained_on):
+        logger.warning(
+            "champion version %d was trained differently (%s): its held-out score may be "
+            "optimistic",
+            champion,
+            mismatch,
+        )
+
+
+def _evaluate(role: str, model_uri: str, holdout: data.Holdout) -> EvaluationResult:
+    """Evaluate in a child run of the register run, so both evaluations keep every metric
+    and plot side by side."""
+    tags = {Tag.ENTRY_POINT: "register", "role": role, "evaluated_model_uri": model_uri}
+    with mlflow.start_run(run_name=f"evaluate {role}", nested=True, tags=tags):
+        return evaluation.evaluate_model(model_uri, holdout.X, holdout.y)
+
+
+def _one_line(error: BaseException | str) -> str:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split())
