@@ -37,6 +37,10 @@ class Verdict(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
+# Versions the automatic choice of a candidate skips.
+WITHDRAWN = (Verdict.ROLLED_BACK, Verdict.FAILED_TO_LOAD)
+
+
 @dataclass(frozen=True)
 class Candidate:
     run: Run
@@ -87,7 +91,7 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     candidate = (
         _candidate_from_run(run_id, config.tracking.model_name)
         if run_id
-        else _best_candidate(promotion, trained_on, holdout.is_test_split)
+        else _best_candidate(promotion, name, trained_on, holdout.is_test_split)
     )
     if holdout.is_test_split and (mismatch := _mismatch(candidate.run, trained_on)):
         raise PromotionError(
@@ -293,10 +297,12 @@ def _training_fingerprint(config: ProjectConfig, digest: str) -> dict[str, str]:
 
 
 def _best_candidate(
-    promotion: PromotionConfig, trained_on: dict[str, str], same_split: bool
+    promotion: PromotionConfig, name: str, trained_on: dict[str, str], same_split: bool
 ) -> Candidate:
     """The finished run with a logged model, trained on this data (and split, when the
-    held-out rows are the test split), that scored best on `promotion.metric`."""
+    held-out rows are the test split), that scored best on `promotion.metric`. Runs whose
+    version was rolled back or failed to load are skipped: only `-P run_id` brings them
+    back."""
     required = trained_on if same_split else {k: v for k, v in trained_on.items() if "tags." in k}
     conditions = [
         "attributes.status = 'FINISHED'",
@@ -304,6 +310,11 @@ def _best_candidate(
         f"metrics.{promotion.metric} >= 0",  # has the metric (every gate metric is >= 0)
         *(f"{_backticked(key)} = '{value}'" for key, value in required.items()),
     ]
+    if withdrawn := registry.runs_with_review(name, WITHDRAWN):
+        logger.info(
+            "skipping %d run(s) whose version was rolled back or failed to load", len(withdrawn)
+        )
+        conditions.append(f"attributes.run_id NOT IN ({', '.join(map(repr, sorted(withdrawn)))})")
     order = "DESC" if promotion.greater_is_better else "ASC"
     experiment_id = mlflow.active_run().info.experiment_id
     runs = mlflow.search_runs(

@@ -110,6 +110,18 @@ def set_review(name: str, version: int, outcome: str) -> None:
     mlflow.MlflowClient().set_model_version_tag(name, str(version), REVIEW_TAG, outcome)
 
 
+def runs_with_review(name: str, outcomes: tuple[str, ...]) -> set[str]:
+    """Run ids of the versions of `name` whose last review ended in one of `outcomes`."""
+    client = mlflow.MlflowClient()
+    return {
+        version.run_id
+        for outcome in outcomes
+        for version in client.search_model_versions(
+            f"name = '{name}' and tags.{REVIEW_TAG} = '{outcome}'"
+        )
+    }
+
+
 def versions_table(name: str, metrics: tuple[str, ...] = HEADLINE_METRICS) -> pd.DataFrame:
     """The latest versions of `name`, newest first, with their aliases, review outcome and
     their runs' test metrics (from one `search_runs` call)."""

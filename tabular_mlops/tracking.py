@@ -132,7 +132,8 @@ def log_config(config: ProjectConfig) -> None:
 def log_dataset(table: LabeledTable, context: str = "training") -> str:
     """Log the table as the run's input; returns its digest."""
     dataset = as_mlflow_dataset(table)
-    mlflow.log_input(dataset, context=context)
+    with quiet_integer_schema_hint():  # the schema is inferred when logged
+        mlflow.log_input(dataset, context=context)
     mlflow.set_tag(Tag.DATASET_DIGEST, dataset.digest)
     return dataset.digest
 

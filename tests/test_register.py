@@ -211,9 +211,15 @@ def test_rollback_moves_the_champion_back(store: Trained) -> None:
     assert decision.verdict == Verdict.ROLLED_BACK and decision.applied
     assert aliases("rollback") == {CHAMPION: 1, CHALLENGER: 2}
     assert review_of("rollback", 2) == Verdict.ROLLED_BACK
-    # No second rollback: the withdrawn version must not come back by accident.
+    # The withdrawn version must not come back by accident: no second rollback, and the
+    # next review without a run id passes over its run (the experiment's best).
     with pytest.raises(PromotionError, match="no 'previous-champion' alias: nothing to roll"):
         register.register(config, action="rollback")
+    decision = register.register(config).decision
+    assert decision.candidate_run_id == store.weak
+    assert decision.verdict == Verdict.ALREADY_CHAMPION
+    # Asked for by run id, it is judged again.
+    assert register.register(config, run_id=store.strong).decision.verdict == Verdict.PASSED
 
 
 # A model that cannot serve, and bad input
