@@ -2,9 +2,13 @@
 
 import argparse
 import logging
+import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn, TypeVar
+
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
 from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
 from tabular_mlops.errors import UserInputError
@@ -61,6 +65,8 @@ def unset_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:
 
 
 def configure_logging() -> None:
+    if not sys.stderr.isatty():  # MLflow's download bars would flood logs, one per update
+        os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

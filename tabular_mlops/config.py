@@ -1,6 +1,7 @@
 """The project's one config: a YAML file validated with pydantic, overridable per run."""
 
 import copy
+import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -213,6 +214,55 @@ class PromotionConfig(_Section):
         return GATE_METRICS[self.metric]
 
 
+class CostMatrix(_Section):
+    """Cost of each outcome of a decision, in any one unit (money, say)."""
+
+    false_positive: float = Field(1.0, ge=0)
+    false_negative: float = Field(1.0, ge=0)
+    true_positive: float = Field(0.0, ge=0)
+    true_negative: float = Field(0.0, ge=0)
+
+
+class DecisionConfig(_Section):
+    """How the custom model's decision threshold is tuned, on out-of-fold predictions of
+    the training split (rows the test split's metrics never see)."""
+
+    objective: Literal["f1", "cost"] = "f1"  # maximise F1, or minimise the expected cost
+    costs: CostMatrix = CostMatrix()
+    cv_folds: int = Field(5, ge=2, le=20)
+
+
+class CustomModelConfig(_Section):
+    """The pyfunc wrapper served in front of the registered pipeline."""
+
+    registered_model_name: str = Field(min_length=1)
+    # Set once the wrapped model passes its checks.
+    alias: Alias = "champion"
+    # The pipeline wrapped by default: the first of these aliases that exists.
+    source_aliases: list[Alias] = Field(["champion", "latest-model"], min_length=1)
+    decision: DecisionConfig = DecisionConfig()
+    # Probabilities below the first cut get the first label, and so on.
+    risk_band_cuts: list[float] = [0.3, 0.6]
+    risk_band_labels: list[str] = ["low", "medium", "high"]
+    top_k: int = Field(3, ge=1)  # reasons returned per row when asked (`explain`)
+    package_dir: Path = Path("custom_model")
+    wheel_dir: Path = Path("wheels")
+    # `mlflow models predict --env-manager` of the isolated-environment check; none skips it.
+    check_env_manager: Literal["uv", "virtualenv", "conda", "none"] = "uv"
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> "CustomModelConfig":
+        cuts = self.risk_band_cuts
+        if any(not 0 < cut < 1 for cut in cuts) or any(a >= b for a, b in itertools.pairwise(cuts)):
+            raise ValueError(f"risk_band_cuts must rise strictly within (0, 1), got {cuts}")
+        if len(self.risk_band_labels) != len(cuts) + 1:
+            raise ValueError(
+                f"{len(cuts)} risk_band_cuts make {len(cuts) + 1} bands, but "
+                f"{len(self.risk_band_labels)} risk_band_labels are given"
+            )
+        return self
+
+
 class ProjectConfig(_Section):
     data: DataConfig
     split: SplitConfig = SplitConfig()
@@ -220,6 +270,7 @@ class ProjectConfig(_Section):
     tuning: TuningConfig | None = None  # needed by the `track` entry point only
     tracking: TrackingConfig
     promotion: PromotionConfig | None = None  # needed by the `register` entry point only
+    custom_model: CustomModelConfig | None = None  # needed by `custom_model` only
 
     @model_validator(mode="after")
     def _aliases_are_distinct(self) -> "ProjectConfig":
@@ -260,6 +311,11 @@ class ProjectConfig(_Section):
         if self.promotion is None:
             raise ConfigError("this entry point needs a `promotion` section in the config")
         return self.promotion
+
+    def require_custom_model(self) -> CustomModelConfig:
+        if self.custom_model is None:
+            raise ConfigError("this entry point needs a `custom_model` section in the config")
+        return self.custom_model
 
     def flat(self) -> dict[str, Any]:
         """Settings as dotted keys (`model.n_estimators`), the form logged as run params."""

@@ -11,9 +11,10 @@ matplotlib.use("Agg")  # no display on servers and CI
 
 import matplotlib.pyplot as plt
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.models import EvaluationResult
-from sklearn.metrics import brier_score_loss
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from tabular_mlops.pipeline import feature_importance
@@ -60,6 +61,15 @@ def log_probability_metrics(y_test: pd.Series, probabilities: pd.Series) -> dict
     metrics = {"brier_score_loss": float(brier_score_loss(y_test, probabilities))}
     mlflow.log_metrics(metrics)
     return metrics
+
+
+def probability_metrics(y: pd.Series, probabilities: np.ndarray) -> dict[str, float]:
+    """How well probabilities rank and are calibrated, under MLflow's evaluator's names."""
+    return {
+        "roc_auc": float(roc_auc_score(y, probabilities)),
+        "log_loss": float(log_loss(y, probabilities)),
+        "brier_score_loss": float(brier_score_loss(y, probabilities)),
+    }
 
 
 def log_feature_importance(pipeline: Pipeline) -> pd.DataFrame:

@@ -11,6 +11,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from tabular_mlops.errors import PromotionError
 from tabular_mlops.evaluation import HEADLINE_METRICS
 from tabular_mlops.tracking import Tag
 
@@ -94,6 +95,19 @@ def aliases(name: str) -> dict[str, int]:
             return {}
         raise
     return {alias: int(version) for alias, version in model.aliases.items()}
+
+
+def first_alias_version_uri(name: str, candidates: list[str]) -> str:
+    """`models:/name/<version>` of the first alias in `candidates` that `name` has."""
+    existing = aliases(name)
+    for alias in candidates:
+        if alias in existing:
+            logger.info("%s is version %d of %s", alias_uri(name, alias), existing[alias], name)
+            return version_uri(name, existing[alias])
+    raise PromotionError(
+        f"no version of {name!r} has alias {' or '.join(map(repr, candidates))}: "
+        "run train_basic (and register) first, or pass -P model_uri=..."
+    )
 
 
 def move_alias(name: str, alias: str, version: int) -> None:

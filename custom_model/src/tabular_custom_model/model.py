@@ -1,0 +1,162 @@
+"""The served churn model: the registered pipeline's probability, post-processed.
+
+Per row: the probability of the positive class, the decision at the threshold tuned at
+training time, a risk band, optionally the top-k reasons (LightGBM's own per-feature
+contributions, one-hot columns summed back to their input column, signed, in log-odds),
+and the registered name and version of the model that answered.
+
+Nothing here is pickled: MLflow builds the model from `model_code.py` (models from code),
+the pipeline is loaded from its skops-saved sklearn-flavor artifact, and the settings come
+from the logged `model_config`.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array, Object, Property
+
+PIPELINE_ARTIFACT = "pipeline"
+# Written by MLflow next to MLmodel when a model is loaded by a registry URI.
+_REGISTERED_MODEL_META = "registered_model_meta"
+
+
+class Setting:
+    """Keys of the `model_config` this model is logged with."""
+
+    # The name it answers with when not loaded by a registry URI.
+    MODEL_NAME = "model_name"
+    THRESHOLD = "threshold"
+    RISK_BAND_CUTS = "risk_band_cuts"
+    RISK_BAND_LABELS = "risk_band_labels"
+    TOP_K = "top_k"
+    # For each column the classifier sees, the input column it was encoded from.
+    ENCODED_FEATURE_SOURCES = "encoded_feature_sources"
+
+
+class Output:
+    """Columns of the model's answer."""
+
+    PROBABILITY = "probability"
+    DECISION = "decision"
+    RISK_BAND = "risk_band"
+    REASONS = "reasons"
+    MODEL_NAME = "model_name"
+    MODEL_VERSION = "model_version"
+
+
+class Param:
+    """Inference parameters a request may set (`{"params": {...}}`)."""
+
+    THRESHOLD = "threshold"
+    EXPLAIN = "explain"
+    TOP_K = "top_k"
+
+
+class ChurnModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        settings = context.model_config
+        pipeline_path = context.artifacts[PIPELINE_ARTIFACT]
+        self._pipeline = mlflow.sklearn.load_model(pipeline_path)
+        self._threshold = float(settings[Setting.THRESHOLD])
+        self._band_cuts = np.asarray(settings[Setting.RISK_BAND_CUTS], dtype=float)
+        self._band_labels = np.asarray(settings[Setting.RISK_BAND_LABELS], dtype=object)
+        self._top_k = int(settings[Setting.TOP_K])
+        sources = list(settings[Setting.ENCODED_FEATURE_SOURCES])
+        self._inputs = list(dict.fromkeys(sources))
+        # Sums each input column's encoded contributions: (encoded columns x input columns).
+        self._to_inputs = np.zeros((len(sources), len(self._inputs)))
+        self._to_inputs[np.arange(len(sources)), [self._inputs.index(s) for s in sources]] = 1
+        self._name, self._version = _registered_identity(
+            Path(pipeline_path), settings[Setting.MODEL_NAME]
+        )
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        threshold, explain, top_k = self._request_settings(params or {})
+        probability = self._pipeline.predict_proba(model_input)[:, 1]
+        band = np.searchsorted(self._band_cuts, probability, side="right")
+        return pd.DataFrame(
+            {
+                Output.PROBABILITY: probability,
+                Output.DECISION: probability >= threshold,
+                Output.RISK_BAND: self._band_labels[band],
+                Output.REASONS: self._reasons(model_input, top_k) if explain else None,
+                Output.MODEL_NAME: self._name,
+                Output.MODEL_VERSION: self._version,
+            }
+        )
+
+    def _request_settings(self, params: dict[str, Any]) -> tuple[float, bool, int]:
+        threshold = params.get(Param.THRESHOLD)
+        threshold = self._threshold if threshold is None else float(threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise MlflowException(
+                f"params.threshold must be between 0 and 1, got {threshold}",
+                INVALID_PARAMETER_VALUE,
+            )
+        top_k = params.get(Param.TOP_K)
+        top_k = self._top_k if top_k is None else int(top_k)
+        if top_k < 1:
+            raise MlflowException(
+                f"params.top_k must be at least 1, got {top_k}", INVALID_PARAMETER_VALUE
+            )
+        return threshold, bool(params.get(Param.EXPLAIN, False)), top_k
+
+    def _reasons(self, model_input: pd.DataFrame, top_k: int) -> list[list[dict[str, Any]]]:
+        """The top_k input columns by |contribution| for each row, largest first."""
+        # LightGBM's SHAP-style contributions; the last column is the expected value.
+        contributions = self._pipeline.predict(model_input, pred_contrib=True)[:, :-1]
+        per_input = contributions @ self._to_inputs
+        top = np.argsort(-np.abs(per_input), axis=1, kind="stable")[:, :top_k]
+        return [
+            [
+                {"feature": self._inputs[column], "contribution": float(row[column])}
+                for column in columns
+            ]
+            for row, columns in zip(per_input, top, strict=True)
+        ]
+
+    def output_schema(self) -> Schema:
+        reason = Object([Property("feature", "string"), Property("contribution", "double")])
+        return Schema(
+            [
+                ColSpec("double", Output.PROBABILITY),
+                ColSpec("boolean", Output.DECISION),
+                ColSpec("string", Output.RISK_BAND),
+                ColSpec(Array(reason), Output.REASONS, required=False),  # when explain
+                ColSpec("string", Output.MODEL_NAME),
+                ColSpec("string", Output.MODEL_VERSION, required=False),  # when registered
+            ]
+        )
+
+    def params_schema(self) -> ParamSchema:
+        return ParamSchema(
+            [
+                ParamSpec(Param.THRESHOLD, "double", self._threshold),
+                ParamSpec(Param.EXPLAIN, "boolean", False),
+                ParamSpec(Param.TOP_K, "long", self._top_k),
+            ]
+        )
+
+
+def _registered_identity(pipeline_path: Path, configured_name: str) -> tuple[str, str | None]:
+    """The registered name and version this model was loaded as, when it was loaded by a
+    registry URI (MLflow then writes them next to MLmodel); else the configured name."""
+    # The pipeline artifact sits in <model directory>/artifacts/.
+    meta = pipeline_path.parent.parent / _REGISTERED_MODEL_META
+    registered = yaml.safe_load(meta.read_text()) if meta.is_file() else None
+    # Loading by a model id (models:/m-...) writes the file too, with empty values.
+    if not registered or not registered.get("model_name"):
+        return configured_name, None
+    return str(registered["model_name"]), str(registered["model_version"])

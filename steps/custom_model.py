@@ -1,0 +1,120 @@
+"""Entry point `custom_model`: wrap the registered pipeline in the custom pyfunc model,
+check it serves the same answers everywhere, register it and point its alias at it."""
+
+import argparse
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from tabular_mlops import data, evaluation, packaging, registry, thresholds, tracking, wrapper
+from tabular_mlops.cli import config_parser, configure_logging, run_with_config, unset_or
+from tabular_mlops.config import ProjectConfig
+from tabular_mlops.errors import PromotionError
+
+ENTRY_POINT = "custom_model"
+logger = logging.getLogger(__name__)
+
+# Parameter -> config key it overrides.
+OVERRIDES = {
+    "data_path": "data.path",
+    "registered_model_name": "custom_model.registered_model_name",
+    "objective": "custom_model.decision.objective",
+    "check_env_manager": "custom_model.check_env_manager",
+}
+
+
+@dataclass(frozen=True)
+class CustomModelResult:
+    run_id: str
+    model_uri: str  # the logged wrapper
+    source_uri: str  # the pipeline it wraps, by version
+    registered_version: int
+    threshold: float
+    metrics: dict[str, float]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = config_parser(ENTRY_POINT, __doc__)
+    text = unset_or(str)
+    parser.add_argument("--model-uri", type=text)
+    parser.add_argument("--data-path", type=text)
+    parser.add_argument("--registered-model-name", type=text)
+    parser.add_argument("--objective", type=text)
+    parser.add_argument("--check-env-manager", type=text)
+    return parser.parse_args(argv)
+
+
+def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomModelResult:
+    custom = config.require_custom_model()
+    name = custom.registered_model_name
+    with (
+        tracking.project_run(config, ENTRY_POINT) as run,
+        tempfile.TemporaryDirectory(prefix="custom-model-") as scratch,
+    ):
+        tracking.log_config(config)
+        source_uri = model_uri or registry.first_alias_version_uri(
+            config.tracking.registered_model_name, custom.source_aliases
+        )
+        mlflow.set_tag("source_model_uri", source_uri)
+        pipeline_dir = Path(scratch) / wrapper.PIPELINE_ARTIFACT
+        pipeline_dir.mkdir()
+        mlflow.artifacts.download_artifacts(source_uri, dst_path=str(pipeline_dir))
+        pipeline = mlflow.sklearn.load_model(str(pipeline_dir))
+
+        table = data.load_table(config.data)
+        tracking.log_dataset(table)
+        parts = data.split(table, config.split)
+        tuned = thresholds.tune_threshold(
+            pipeline, parts.X_train, parts.y_train, custom.decision, config.split.seed
+        )
+        probability = pipeline.predict_proba(parts.X_test)[:, 1]
+        metrics = evaluation.probability_metrics(parts.y_test, probability)
+        metrics |= thresholds.decision_metrics(
+            parts.y_test, probability, tuned.threshold, custom.decision.costs
+        )
+        mlflow.log_metrics(metrics | {"threshold": tuned.threshold, "cv_objective": tuned.cv_score})
+        logger.info(
+            "threshold %.3f (%s, CV %.4f); test split: %s",
+            tuned.threshold,
+            tuned.objective,
+            tuned.cv_score,
+            ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()),
+        )
+
+        wheel = packaging.build_wheel(custom.package_dir, custom.wheel_dir)
+        mlflow.set_tag("wheel", wheel.name)
+        settings = wrapper.model_config(pipeline, tuned.threshold, custom)
+        info = wrapper.log_wrapped_model(
+            pipeline_dir, settings, custom, wheel, config.tracking.model_name
+        )
+        mlflow.set_tag(tracking.Tag.MODEL_URI, info.model_uri)
+
+        version = registry.register_run_model(run.info.run_id, info.model_uri, name)
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(version.uri, dst_path=f"{scratch}/registered")
+        )
+        try:
+            wrapper.check_answers(model_dir, custom.check_env_manager)
+        except PromotionError:
+            registry.set_review(name, version.version, "failed_check")
+            raise
+        registry.set_review(name, version.version, "passed")
+        registry.move_alias(name, custom.alias, version.version)
+    logger.info("serve it: mlflow models serve -m %s", registry.alias_uri(name, custom.alias))
+    return CustomModelResult(
+        run.info.run_id, info.model_uri, source_uri, version.version, tuned.threshold, metrics
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    args = parse_args(argv)
+    return run_with_config(args, OVERRIDES, lambda config: custom_model(config, args.model_uri))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Build the code that ships with the custom model (`custom_model/`) into a wheel.
+
+The wheel's version is the package's own plus a hash of its content
+(`0.1.0+3f2a9c1b04de`): MLflow caches model environments by their requirement strings, so a
+changed source with an unchanged version would be served by the environment of the old one.
+The same source always gives the same file name, and an existing wheel is reused.
+"""
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+_IGNORED = ("__pycache__", "*.pyc", "*.egg-info")
+_BUILD = "import sys; from hatchling.build import build_wheel; print(build_wheel(sys.argv[1]))"
+
+
+def content_hash(package_dir: Path) -> str:
+    """12 hex digits of sha256 over the relative paths and bytes of the built files."""
+    digest = hashlib.sha256()
+    for path in sorted(_source_files(package_dir)):
+        digest.update(path.relative_to(package_dir).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def build_wheel(package_dir: Path, wheel_dir: Path) -> Path:
+    """The wheel of `package_dir` in `wheel_dir`, built unless this content was built before."""
+    project = tomllib.loads((package_dir / "pyproject.toml").read_text())["project"]
+    version = f"{project['version']}+{content_hash(package_dir)}"
+    distribution = project["name"].replace("-", "_")
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    wheel = wheel_dir / f"{distribution}-{version}-py3-none-any.whl"
+    if wheel.is_file():
+        logger.info("reusing %s (same content)", wheel)
+        return wheel
+    with tempfile.TemporaryDirectory(prefix="custom-model-build-") as scratch:
+        source = Path(scratch) / "source"
+        shutil.copytree(
+            package_dir / "src", source / "src", ignore=shutil.ignore_patterns(*_IGNORED)
+        )
+        shutil.copy2(package_dir / "pyproject.toml", source / "pyproject.toml")
+        _set_version(source / "pyproject.toml", project["version"], version)
+        built = subprocess.run(
+            [sys.executable, "-c", _BUILD, str(Path(scratch) / "dist")],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if built.returncode != 0:
+            raise RuntimeError(f"building {package_dir} failed:\n{built.stderr[-3000:]}")
+        shutil.move(Path(scratch) / "dist" / built.stdout.strip().splitlines()[-1], wheel)
+    logger.info("built %s", wheel)
+    return wheel
+
+
+def _source_files(package_dir: Path) -> list[Path]:
+    files = [package_dir / "pyproject.toml"]
+    files += [
+        path
+        for path in (package_dir / "src").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    ]
+    return files
+
+
+def _set_version(pyproject: Path, base: str, version: str) -> None:
+    text = pyproject.read_text()
+    line = f'version = "{base}"'
+    if text.count(line) != 1:
+        raise ValueError(f"{pyproject} must hold exactly one line {line!r}")
+    pyproject.write_text(text.replace(line, f'version = "{version}"'))

@@ -1,0 +1,203 @@
+"""Log the custom pyfunc model (`custom_model/`) around a registered pipeline, and check
+that it serves the same answers wherever it is loaded.
+
+The model is logged "from code" (`custom_model/model_code.py`): nothing is pickled. It
+carries the pipeline's sklearn-flavor directory (skops) as an artifact, its settings as
+`model_config`, and in `code/` both the wheel of `custom_model/` (installed by the
+`code/<wheel>` line of its requirements in a fresh environment) and the package source
+(importable as is with `--env-manager local`).
+"""
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.models import Model, ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.pyfunc.scoring_server import predictions_to_json
+from sklearn.pipeline import Pipeline
+
+from tabular_mlops.config import CustomModelConfig
+from tabular_mlops.errors import PromotionError
+from tabular_mlops.pipeline import input_column_of_encoded_features, pip_requirements
+from tabular_mlops.tracking import INPUT_EXAMPLE_ROWS
+
+logger = logging.getLogger(__name__)
+
+PACKAGE = "tabular_custom_model"
+MODEL_CODE = "model_code.py"
+PIPELINE_ARTIFACT = "pipeline"  # tabular_custom_model.PIPELINE_ARTIFACT
+# Params every check predicts with: the reasons are part of what must match.
+CHECK_PARAMS = {"explain": True}
+CHECKS_ARTIFACT = "checks/predictions.json"
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_CHECK_TIMEOUT_SECONDS = 900
+
+# Run in a new interpreter, in an empty directory, with this project off sys.path: the
+# model must load and predict from what it carries.
+_FRESH_PROCESS_SCRIPT = """
+import json, sys
+from pathlib import Path
+project = Path(sys.argv[3]).resolve()
+sys.path = [p for p in sys.path if not p or Path(p).resolve() != project]
+import mlflow
+from mlflow.pyfunc.scoring_server import predictions_to_json
+model = mlflow.pyfunc.load_model(sys.argv[1])
+with open(sys.argv[2], "w") as output:
+    predictions_to_json(model.predict(model.input_example, params=json.loads(sys.argv[4])), output)
+package = sys.modules["tabular_custom_model"].__file__
+leaked = sorted({m.split(".")[0] for m in sys.modules} & {"tabular_mlops", "steps"})
+print(json.dumps({"package_file": package, "project_modules": leaked}))
+"""
+
+
+def model_config(pipeline: Pipeline, threshold: float, custom: CustomModelConfig) -> dict[str, Any]:
+    """The settings the wrapper is logged with (keys: tabular_custom_model.Setting)."""
+    return {
+        "model_name": custom.registered_model_name,
+        "threshold": threshold,
+        "risk_band_cuts": list(custom.risk_band_cuts),
+        "risk_band_labels": list(custom.risk_band_labels),
+        "top_k": custom.top_k,
+        "encoded_feature_sources": input_column_of_encoded_features(pipeline),
+    }
+
+
+def log_wrapped_model(
+    pipeline_dir: Path,
+    settings: dict[str, Any],
+    custom: CustomModelConfig,
+    wheel: Path,
+    name: str,
+) -> ModelInfo:
+    """Log the wrapper around the pipeline saved at `pipeline_dir` to the active run."""
+    pipeline_model = Model.load(pipeline_dir)
+    package = custom.package_dir / "src" / PACKAGE
+    example = pipeline_model.load_input_example(str(pipeline_dir)).head(INPUT_EXAMPLE_ROWS)
+    parts: dict[str, Any] = {
+        "python_model": str(custom.package_dir / MODEL_CODE),
+        "artifacts": {PIPELINE_ARTIFACT: str(pipeline_dir)},
+        "model_config": settings,
+        "code_paths": [str(wheel), str(package)],
+        # Explicit: inference would list this project as `name==version`, which pip cannot
+        # install. The wheel comes last, its dependencies pinned by the lines before.
+        "pip_requirements": [*pip_requirements(), f"code/{wheel.name}"],
+        "input_example": example,
+    }
+    # MLflow runs the model's code to log it: the package must be importable meanwhile.
+    # The model states its own output and params schemas: save it once locally, ask it.
+    with (
+        _on_sys_path(package.parent),
+        tempfile.TemporaryDirectory(prefix="custom-model-") as scratch,
+    ):
+        inputs_only = ModelSignature(inputs=pipeline_model.signature.inputs)
+        mlflow.pyfunc.save_model(path=Path(scratch) / "model", signature=inputs_only, **parts)
+        wrapper = mlflow.pyfunc.load_model(Path(scratch) / "model").unwrap_python_model()
+        signature = ModelSignature(
+            inputs=pipeline_model.signature.inputs,
+            outputs=wrapper.output_schema(),
+            params=wrapper.params_schema(),
+        )
+        return mlflow.pyfunc.log_model(name=name, signature=signature, **parts)
+
+
+@contextmanager
+def _on_sys_path(directory: Path) -> Iterator[None]:
+    sys.path.insert(0, str(directory.resolve()))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(directory.resolve()))
+
+
+def check_answers(model_dir: Path, env_manager: str) -> None:
+    """The model's answers on its input example, loaded in this process, in a fresh
+    process and in an isolated environment, must be identical; logged to the run."""
+    expected = predict_in_process(model_dir)
+    answers: dict[str, Callable[[Path], dict[str, Any]]] = {
+        "fresh_process": predict_in_fresh_process
+    }
+    if env_manager != "none":
+        answers[f"isolated_env_{env_manager}"] = lambda path: predict_in_isolated_env(
+            path, env_manager
+        )
+    else:
+        logger.warning("isolated-environment check skipped (custom_model.check_env_manager)")
+    report = {"in_process": expected}
+    for where, predict in answers.items():
+        try:
+            report[where] = predict(model_dir)
+        except RuntimeError as error:
+            raise PromotionError(f"the model failed to predict in {where}: {error}") from None
+    mlflow.log_dict(report, CHECKS_ARTIFACT)
+    for where, answer in report.items():
+        if answer != expected:
+            raise PromotionError(
+                f"the model's answer in {where} differs from the in-process one "
+                f"(see {CHECKS_ARTIFACT})"
+            )
+    mlflow.set_tag("checks", ", ".join(report))
+    logger.info("identical answers: %s", ", ".join(report))
+
+
+def predict_in_process(model_dir: Path) -> dict[str, Any]:
+    """The model's answer on its own input example, as the scoring server writes it."""
+    model = mlflow.pyfunc.load_model(str(model_dir))
+    output = io.StringIO()
+    predictions_to_json(model.predict(model.input_example, params=CHECK_PARAMS), output)
+    return json.loads(output.getvalue())
+
+
+def predict_in_fresh_process(model_dir: Path) -> dict[str, Any]:
+    """The same, from a new Python process in an empty directory without this project on
+    its path; fails if the model's code is not its own `code/` or imports the project."""
+    with tempfile.TemporaryDirectory(prefix="fresh-process-") as scratch:
+        output = Path(scratch) / "predictions.json"
+        command = [sys.executable, "-I", "-c", _FRESH_PROCESS_SCRIPT]
+        command += [str(model_dir), str(output), str(_PROJECT_ROOT), json.dumps(CHECK_PARAMS)]
+        report = json.loads(_run(command, cwd=scratch).splitlines()[-1])
+        code_dir = (model_dir / "code").resolve()
+        if Path(report["package_file"]).resolve().parent.parent != code_dir:
+            raise RuntimeError(f"{PACKAGE} was imported from {report['package_file']}")
+        if report["project_modules"]:
+            raise RuntimeError(f"the model imported this project: {report['project_modules']}")
+        return json.loads(output.read_text())
+
+
+def predict_in_isolated_env(model_dir: Path, env_manager: str) -> dict[str, Any]:
+    """The same, through `mlflow models predict` in a new environment built from the
+    model's requirements (which install its wheel from `code/`)."""
+    with tempfile.TemporaryDirectory(prefix="isolated-env-") as scratch:
+        request, output = Path(scratch) / "request.json", Path(scratch) / "predictions.json"
+        serving_example = json.loads((model_dir / "serving_input_example.json").read_text())
+        request.write_text(json.dumps(serving_example | {"params": CHECK_PARAMS}))
+        command = [sys.executable, "-m", "mlflow", "models", "predict", "-m", str(model_dir)]
+        command += ["-i", str(request), "-o", str(output), "-t", "json"]
+        command += ["--env-manager", env_manager]
+        _run(command, cwd=scratch)
+        return json.loads(output.read_text())
+
+
+def _run(command: list[str], cwd: str) -> str:
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run(
+        command,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=_CHECK_TIMEOUT_SECONDS,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:6])} ... failed: {done.stderr[-3000:]}")
+    return done.stdout

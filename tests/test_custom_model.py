@@ -1,0 +1,296 @@
+"""The `custom_model` step and the wrapper in-process, against a real sqlite store."""
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import tabular_custom_model
+from mlflow.exceptions import MlflowException
+
+from steps import custom_model, train_basic
+from tabular_mlops import data, packaging, registry, wrapper
+from tabular_mlops.config import CostMatrix, DecisionConfig, ProjectConfig, load_config
+from tabular_mlops.errors import ConfigError, PromotionError
+from tabular_mlops.pipeline import build_pipeline, input_column_of_encoded_features
+from tabular_mlops.thresholds import expected_cost, tune_threshold
+from tests.conftest import (
+    CHURN_CONFIG,
+    CHURN_CSV,
+    PROJECT_DIR,
+    leave_no_run_behind,
+    point_mlflow_at,
+)
+
+SERVICE = "churn-service"
+
+
+def config_for(overrides: dict[str, Any] | None = None) -> ProjectConfig:
+    """The shipped config with absolute paths; no isolated-env check (the e2e tests run it)."""
+    base = {
+        "data.path": str(CHURN_CSV),
+        "tracking.registered_model_name": "trainer",
+        "custom_model.package_dir": str(PROJECT_DIR / "custom_model"),
+        "custom_model.check_env_manager": "none",
+    }
+    return load_config(CHURN_CONFIG, base | (overrides or {}))
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    directory: Path
+    trained: train_basic.TrainResult
+    result: custom_model.CustomModelResult
+
+
+@pytest.fixture(scope="module")
+def wrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wrapped]:
+    """A trained pipeline (alias latest-model only) and the custom model around it."""
+    directory = tmp_path_factory.mktemp("custom")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        point_mlflow_at(directory, monkeypatch)
+        config = config_for({"custom_model.wheel_dir": str(directory / "wheels")})
+        trained = train_basic.train_basic(config)
+        result = custom_model.custom_model(config)
+        yield Wrapped(directory, trained, result)
+        leave_no_run_behind()
+
+
+@pytest.fixture
+def store(wrapped: Wrapped, monkeypatch: pytest.MonkeyPatch) -> Iterator[Wrapped]:
+    point_mlflow_at(wrapped.directory, monkeypatch)
+    yield wrapped
+    leave_no_run_behind()
+
+
+def held_out_rows() -> pd.DataFrame:
+    config = config_for()
+    return data.split(data.load_table(config.data), config.split).X_test
+
+
+# What gets logged and registered
+
+
+def test_wraps_the_fallback_alias_and_registers_with_champion(store: Wrapped) -> None:
+    result = store.result
+    # No `champion` on the pipeline yet: its `latest-model` version was wrapped.
+    assert result.source_uri == f"models:/trainer/{store.trained.registered_version}"
+    assert registry.aliases(SERVICE) == {"champion": 1}
+    version = mlflow.MlflowClient().get_model_version(SERVICE, "1")
+    assert version.run_id == result.run_id and version.tags[registry.REVIEW_TAG] == "passed"
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["source_model_uri"] == result.source_uri
+    assert run.data.tags["checks"] == "in_process, fresh_process"
+    assert run.data.metrics["threshold"] == result.threshold
+    assert 0.05 < result.threshold < 0.5  # false negatives cost 5x false positives
+    assert run.data.metrics["expected_cost"] < run.data.metrics["positive_rate"]
+
+
+def test_logged_model_carries_its_code_wheel_and_pipeline_without_pickle(store: Wrapped) -> None:
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{SERVICE}/1"))
+    code = sorted(path.name for path in (model_dir / "code").iterdir())
+    (wheel,) = [name for name in code if name.endswith(".whl")]
+    assert wheel.startswith(
+        f"tabular_custom_model-0.1.0+{packaging.content_hash(PROJECT_DIR / 'custom_model')}"
+    )
+    assert "tabular_custom_model" in code
+    requirements = (model_dir / "requirements.txt").read_text().splitlines()
+    assert requirements[-1] == f"code/{wheel}"
+    assert "mlflow==3.17.2" in requirements
+    assert not any(line.startswith("tabular") for line in requirements[:-1])
+    assert not list(model_dir.rglob("*.pkl"))  # models from code; the pipeline is skops
+    assert (model_dir / "artifacts" / "pipeline" / "model.skops").is_file()
+    info = mlflow.models.get_model_info(f"models:/{SERVICE}/1")
+    assert info.flavors["python_function"]["model_code_path"].endswith("model_code.py")
+    assert [column.name for column in info.signature.outputs] == [
+        "probability", "decision", "risk_band", "reasons", "model_name", "model_version",
+    ]  # fmt: skip
+    params = {param.name: param.default for param in info.signature.params}
+    assert params == {"threshold": store.result.threshold, "explain": False, "top_k": 3}
+
+
+def test_checks_are_logged_identical(store: Wrapped) -> None:
+    report = mlflow.artifacts.load_dict(f"runs:/{store.result.run_id}/{wrapper.CHECKS_ARTIFACT}")
+    assert set(report) == {"in_process", "fresh_process"}
+    assert report["fresh_process"] == report["in_process"]
+    rows = report["in_process"]["predictions"]
+    assert len(rows) == 5 and all(len(row["reasons"]) == 3 for row in rows)
+    assert {row["model_version"] for row in rows} == {"1"}
+
+
+# What the model answers
+
+
+def test_answers_match_the_pipeline_and_the_settings(store: Wrapped) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{SERVICE}@champion")
+    pipeline = mlflow.sklearn.load_model(store.result.source_uri)
+    rows = held_out_rows()
+    answer = model.predict(rows)
+    probability = pipeline.predict_proba(rows)[:, 1]
+    np.testing.assert_array_equal(answer["probability"].to_numpy(), probability)
+    np.testing.assert_array_equal(answer["decision"], probability >= store.result.threshold)
+    expected_band = np.where(
+        probability < 0.3, "low", np.where(probability < 0.6, "medium", "high")
+    )
+    np.testing.assert_array_equal(answer["risk_band"], expected_band)
+    assert answer["reasons"].isna().all()  # not asked
+    assert set(answer["model_name"]) == {SERVICE} and set(answer["model_version"]) == {"1"}
+
+    strict = model.predict(rows, params={"threshold": 0.9})
+    np.testing.assert_array_equal(strict["decision"], probability >= 0.9)
+
+
+def test_reasons_are_input_columns_with_signed_contributions(store: Wrapped) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{SERVICE}/1")
+    pipeline = mlflow.sklearn.load_model(store.result.source_uri)
+    rows = held_out_rows().head(50)
+    answer = model.predict(rows, params={"explain": True, "top_k": 19})
+    # Independently: LightGBM's contributions, one-hot columns summed per input column.
+    raw = pd.DataFrame(
+        pipeline.predict(rows, pred_contrib=True)[:, :-1],
+        columns=input_column_of_encoded_features(pipeline),
+    )
+    per_input = raw.T.groupby(level=0).sum().T
+    for (_, expected), reasons in zip(per_input.iterrows(), answer["reasons"], strict=True):
+        got = {reason["feature"]: reason["contribution"] for reason in reasons}
+        assert got == pytest.approx(expected.to_dict(), abs=1e-12)
+        sizes = [abs(reason["contribution"]) for reason in reasons]
+        assert sizes == sorted(sizes, reverse=True)
+    assert any(reason["contribution"] < 0 for reason in answer["reasons"][0])  # signed
+
+    top = model.predict(rows.head(2), params={"explain": True, "top_k": 2})
+    assert [len(reasons) for reasons in top["reasons"]] == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"threshold": 1.5}, "params.threshold must be between 0 and 1, got 1.5"),
+        ({"top_k": 0}, "params.top_k must be at least 1, got 0"),
+    ],
+)
+def test_bad_params_are_refused(store: Wrapped, params: dict[str, Any], message: str) -> None:
+    model = mlflow.pyfunc.load_model(f"models:/{SERVICE}/1")
+    with pytest.raises(MlflowException, match=message):
+        model.predict(held_out_rows().head(1), params=params)
+
+
+def test_version_is_unknown_when_not_loaded_from_the_registry(store: Wrapped) -> None:
+    # By its model id, not by a registered name and version.
+    answer = mlflow.pyfunc.load_model(store.result.model_uri).predict(held_out_rows().head(1))
+    assert answer["model_name"].tolist() == [SERVICE]
+    assert answer["model_version"].tolist() == [None]
+
+
+# Choosing the pipeline, and checks that fail
+
+
+def test_champion_is_preferred_and_a_missing_alias_is_a_clear_error(store: Wrapped) -> None:
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("trainer", "champion", str(store.trained.registered_version))
+    uri = registry.first_alias_version_uri("trainer", ["champion", "latest-model"])
+    assert uri == f"models:/trainer/{store.trained.registered_version}"
+    with pytest.raises(PromotionError, match="no version of 'nothing' has alias 'champion' or"):
+        registry.first_alias_version_uri("nothing", ["champion", "latest-model"])
+
+
+def test_a_model_answering_differently_elsewhere_gets_no_alias(
+    store: Wrapped, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def tampered(model_dir: Path) -> dict[str, Any]:
+        answer = wrapper.predict_in_process(model_dir)
+        answer["predictions"][0]["probability"] += 1e-12
+        return answer
+
+    monkeypatch.setattr(wrapper, "predict_in_fresh_process", tampered)
+    config = config_for(
+        {
+            "custom_model.registered_model_name": "tampered",
+            "custom_model.wheel_dir": str(store.directory / "wheels"),
+        }
+    )
+    with pytest.raises(PromotionError, match="answer in fresh_process differs from the in-proc"):
+        custom_model.custom_model(config, model_uri=store.result.source_uri)
+    assert registry.aliases("tampered") == {}
+    version = mlflow.MlflowClient().get_model_version("tampered", "1")
+    assert version.tags[registry.REVIEW_TAG] == "failed_check"
+
+
+# Parts
+
+
+def test_wheel_version_follows_the_content(tmp_path: Path) -> None:
+    package = tmp_path / "package"
+    shutil.copytree(PROJECT_DIR / "custom_model", package)
+    first = packaging.build_wheel(package, tmp_path / "wheels")
+    assert packaging.build_wheel(package, tmp_path / "wheels") == first  # reused
+    (package / "src" / "tabular_custom_model" / "model.py").write_text(
+        (package / "src" / "tabular_custom_model" / "model.py").read_text() + "\n# changed\n"
+    )
+    second = packaging.build_wheel(package, tmp_path / "wheels")
+    assert second != first and second.is_file()
+    assert second.name.startswith("tabular_custom_model-0.1.0+")
+
+
+def test_model_config_keys_are_the_package_settings() -> None:
+    settings = {value for key, value in vars(tabular_custom_model.Setting).items() if key.isupper()}
+    config = config_for()
+    assert wrapper.PIPELINE_ARTIFACT == tabular_custom_model.PIPELINE_ARTIFACT
+    assert set(wrapper.CHECK_PARAMS) <= {
+        value for key, value in vars(tabular_custom_model.Param).items() if key.isupper()
+    }
+    fitted = _tiny_fitted_pipeline(config)
+    assert set(wrapper.model_config(fitted, 0.5, config.custom_model)) == settings
+
+
+def _tiny_fitted_pipeline(config: ProjectConfig) -> Any:
+    table = data.load_table(config.data)
+    pipeline = build_pipeline(table.spec, config.model.with_values({"n_estimators": 2}), 0)
+    return pipeline.fit(table.features.head(300), table.target.head(300))
+
+
+def test_expected_cost_counts_each_outcome() -> None:
+    costs = CostMatrix(false_positive=1, false_negative=5, true_positive=0.5, true_negative=0)
+    y_true, y_pred = np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])
+    assert expected_cost(y_true, y_pred, costs) == (0.5 + 5 + 1 + 0) / 4
+
+
+def test_costlier_misses_lower_the_threshold() -> None:
+    config = config_for()
+    table = data.load_table(config.data)
+    pipeline = build_pipeline(table.spec, config.model.with_values({"n_estimators": 40}), 0)
+    X, y = table.features.head(3000), table.target.head(3000)
+
+    def tuned(fp: float, fn: float) -> float:
+        decision = DecisionConfig(
+            objective="cost", costs=CostMatrix(false_positive=fp, false_negative=fn), cv_folds=3
+        )
+        return tune_threshold(pipeline, X, y, decision, seed=0).threshold
+
+    assert tuned(fp=1, fn=10) < tuned(fp=1, fn=1) < tuned(fp=10, fn=1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"custom_model.risk_band_cuts": [0.6, 0.3]}, "must rise strictly within"),
+        ({"custom_model.risk_band_cuts": [0.3, 1.0]}, "must rise strictly within"),
+        ({"custom_model.risk_band_labels": ["low", "high"]}, "make 3 bands, but 2 risk_band_"),
+        ({"custom_model.alias": "latest"}, "alias 'latest' is reserved"),
+        ({"custom_model.decision.objective": "auc"}, "Input should be 'f1' or 'cost'"),
+    ],
+)
+def test_bad_custom_model_settings_are_config_errors(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config_for(changes)
+
+
+def test_parameters_parse() -> None:
+    args = custom_model.parse_args(["--model-uri", "", "--check-env-manager", ""])
+    assert args.model_uri is None and args.check_env_manager is None
+    assert custom_model.parse_args(["--check-env-manager", "uv"]).check_env_manager == "uv"
