@@ -59,7 +59,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
         source_uri = model_uri or registry.first_alias_version_uri(
             config.tracking.registered_model_name, custom.source_aliases
         )
-        mlflow.set_tag("source_model_uri", source_uri)
+        mlflow.set_tag(tracking.Tag.SOURCE_MODEL_URI, source_uri)
         pipeline_dir = Path(scratch) / wrapper.PIPELINE_ARTIFACT
         pipeline_dir.mkdir()
         mlflow.artifacts.download_artifacts(source_uri, dst_path=str(pipeline_dir))
@@ -86,7 +86,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
         )
 
         wheel = packaging.build_wheel(custom.package_dir, custom.wheel_dir)
-        mlflow.set_tag("wheel", wheel.name)
+        mlflow.set_tag(tracking.Tag.WHEEL, wheel.name)
         settings = wrapper.model_config(pipeline, tuned.threshold, custom)
         info = wrapper.log_wrapped_model(
             pipeline_dir, settings, custom, wheel, config.tracking.model_name

@@ -26,7 +26,6 @@ from tabular_mlops.tracking import Tag
 logger = logging.getLogger(__name__)
 
 DECISION_ARTIFACT = "promotion/decision.json"
-VERDICT_TAG = "verdict"
 
 
 class Verdict(StrEnum):
@@ -260,7 +259,9 @@ def log_decision(decision: Decision) -> None:
         {f"challenger.{key}": value for key, value in decision.challenger_metrics.items()}
         | {f"champion.{key}": value for key, value in decision.champion_metrics.items()}
     )
-    mlflow.set_tags({VERDICT_TAG: str(decision.verdict), "verdict_reason": decision.reason[:5000]})
+    mlflow.set_tags(
+        {Tag.VERDICT: str(decision.verdict), Tag.VERDICT_REASON: decision.reason[:5000]}
+    )
 
 
 def _candidate_from_run(run_id: str, model_name: str) -> Candidate:
@@ -372,7 +373,7 @@ def _warn_if_not_held_out(champion: int, run_id: str, trained_on: dict[str, str]
 def _evaluate(role: str, model_uri: str, holdout: data.Holdout) -> EvaluationResult:
     """Evaluate in a child run of the register run, so both evaluations keep every metric
     and plot side by side."""
-    tags = {Tag.ENTRY_POINT: "register", "role": role, "evaluated_model_uri": model_uri}
+    tags = {Tag.ENTRY_POINT: "register", Tag.ROLE: role, Tag.EVALUATED_MODEL_URI: model_uri}
     with mlflow.start_run(run_name=f"evaluate {role}", nested=True, tags=tags):
         return evaluation.evaluate_model(model_uri, holdout.X, holdout.y)
 

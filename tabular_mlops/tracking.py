@@ -41,6 +41,15 @@ class Tag:
     MODEL_TYPE = "model_type"
     MODEL_URI = "model_uri"
     ERROR = "error"
+    # register
+    VERDICT = "verdict"
+    VERDICT_REASON = "verdict_reason"
+    ROLE = "role"  # of an evaluation child run: challenger or champion
+    EVALUATED_MODEL_URI = "evaluated_model_uri"
+    # custom_model
+    SOURCE_MODEL_URI = "source_model_uri"  # the pipeline wrapped
+    WHEEL = "wheel"
+    CHECKS = "checks"  # where the model's answers were found identical
 
 
 def configure_tracking() -> str:

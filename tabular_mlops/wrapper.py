@@ -29,7 +29,7 @@ from sklearn.pipeline import Pipeline
 from tabular_mlops.config import CustomModelConfig
 from tabular_mlops.errors import PromotionError
 from tabular_mlops.pipeline import input_column_of_encoded_features, pip_requirements
-from tabular_mlops.tracking import INPUT_EXAMPLE_ROWS
+from tabular_mlops.tracking import INPUT_EXAMPLE_ROWS, Tag
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def check_answers(model_dir: Path, env_manager: str) -> None:
                 f"the model's answer in {where} differs from the in-process one "
                 f"(see {CHECKS_ARTIFACT})"
             )
-    mlflow.set_tag("checks", ", ".join(report))
+    mlflow.set_tag(Tag.CHECKS, ", ".join(report))
     logger.info("identical answers: %s", ", ".join(report))
 
 

@@ -9,6 +9,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -132,38 +133,48 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@contextmanager
+def background_server(
+    command: list[str],
+    ready_url: str,
+    log_path: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """Run `command` until the block ends, once `ready_url` answers; its log goes to
+    `log_path`, and its child processes go down with it."""
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                assert server.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"{ready_url} did not answer in {timeout} s"
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=5):
+                        break
+                except OSError:
+                    time.sleep(1)
+            yield
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
 @pytest.fixture(scope="session")
 def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on a free loopback port, proxying its artifacts."""
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    log = (root / "server.log").open("w")
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", sqlite_uri(root / "server.db")]
     command += ["--artifacts-destination", str(root / "artifacts")]
-    server = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its workers go down with it
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 180 s"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5):
-                    break
-            except OSError:
-                time.sleep(1)
+    with background_server(command, f"{url}/health", root / "server.log", timeout=180):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
 
 
 # End-to-end helpers: the real `mlflow run` on a committed copy of the project.

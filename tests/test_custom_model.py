@@ -19,6 +19,7 @@ from tabular_mlops.config import CostMatrix, DecisionConfig, ProjectConfig, load
 from tabular_mlops.errors import ConfigError, PromotionError
 from tabular_mlops.pipeline import build_pipeline, input_column_of_encoded_features
 from tabular_mlops.thresholds import expected_cost, tune_threshold
+from tabular_mlops.tracking import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
@@ -84,8 +85,8 @@ def test_wraps_the_fallback_alias_and_registers_with_champion(store: Wrapped) ->
     version = mlflow.MlflowClient().get_model_version(SERVICE, "1")
     assert version.run_id == result.run_id and version.tags[registry.REVIEW_TAG] == "passed"
     run = mlflow.get_run(result.run_id)
-    assert run.data.tags["source_model_uri"] == result.source_uri
-    assert run.data.tags["checks"] == "in_process, fresh_process"
+    assert run.data.tags[Tag.SOURCE_MODEL_URI] == result.source_uri
+    assert run.data.tags[Tag.CHECKS] == "in_process, fresh_process"
     assert run.data.metrics["threshold"] == result.threshold
     assert 0.05 < result.threshold < 0.5  # false negatives cost 5x false positives
     assert run.data.metrics["expected_cost"] < run.data.metrics["positive_rate"]

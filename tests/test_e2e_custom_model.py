@@ -4,10 +4,7 @@ registered model behind `mlflow models serve`, with `--env-manager local` and `u
 import io
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +21,16 @@ from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from tabular_mlops import data
 from tabular_mlops.config import load_config
-from tests.conftest import CHURN_CONFIG, CHURN_CSV, free_port, mlflow_run, sqlite_uri, use_store
+from tabular_mlops.tracking import Tag
+from tests.conftest import (
+    CHURN_CONFIG,
+    CHURN_CSV,
+    background_server,
+    free_port,
+    mlflow_run,
+    sqlite_uri,
+    use_store,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -79,26 +85,11 @@ def served(store: str, env_manager: str, env_root: Path) -> Iterator[str]:
         "MLFLOW_ENV_ROOT": str(env_root),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    log = (env_root / f"serve-{env_manager}.log").open("w")
-    server = subprocess.Popen(
-        command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600  # uv builds the environment first
-        while True:
-            assert server.poll() is None, (env_root / f"serve-{env_manager}.log").read_text()
-            assert time.monotonic() < deadline, "the model server did not answer /ping"
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=5):
-                    break
-            except OSError:
-                time.sleep(1)
+    log = env_root / f"serve-{env_manager}.log"
+    # uv builds the model's environment first.
+    with background_server(command, f"{url}/ping", log, timeout=600, env=environment):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
-        log.close()
 
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
@@ -115,10 +106,10 @@ def post(url: str, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]
 def test_custom_model_is_checked_everywhere_then_aliased(service: Service) -> None:
     tags = service.run.data.tags
     assert service.run.info.status == "FINISHED"
-    assert tags["checks"] == "in_process, fresh_process, isolated_env_uv"
+    assert tags[Tag.CHECKS] == "in_process, fresh_process, isolated_env_uv"
     version = mlflow.MlflowClient().get_model_version_by_alias("churn-service", "champion")
     assert version.run_id == service.run.info.run_id
-    assert tags["wheel"].startswith("tabular_custom_model-0.1.0+")
+    assert tags[Tag.WHEEL].startswith("tabular_custom_model-0.1.0+")
 
 
 @pytest.mark.parametrize("env_manager", ["local", "uv"])

@@ -6,7 +6,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tabular_mlops.promotion import VERDICT_TAG
+from tabular_mlops.tracking import Tag
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, sqlite_uri, use_store
 
 pytestmark = pytest.mark.e2e
@@ -37,7 +37,7 @@ def test_register_promotes_then_reuses_and_lists(project: Path, tmp_path: Path) 
     assert int(champion.version) == 1
     assert client.get_model_version_by_alias(REGISTERED, "challenger").version == champion.version
     (run,) = register_runs()
-    assert run.info.status == "FINISHED" and run.data.tags[VERDICT_TAG] == "passed"
+    assert run.info.status == "FINISHED" and run.data.tags[Tag.VERDICT] == "passed"
     assert run.data.params["decision.candidate_run_id"] == champion.run_id
     assert run.data.metrics["challenger.roc_auc"] >= 0.8
     assert "passed: roc_auc 0.8" in first.stderr
@@ -68,7 +68,7 @@ def test_register_against_a_tracking_server(project: Path, tracking_server: str)
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(tracking_server)
     (run,) = register_runs(experiment)
-    assert run.data.tags[VERDICT_TAG] == "passed"
+    assert run.data.tags[Tag.VERDICT] == "passed"
     assert client.get_registered_model(name).aliases == {
         "champion": "1",
         "challenger": "1",

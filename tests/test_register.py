@@ -14,7 +14,7 @@ import pytest
 from steps import register, train_basic
 from tabular_mlops.config import ProjectConfig, load_config
 from tabular_mlops.errors import PromotionError
-from tabular_mlops.promotion import DECISION_ARTIFACT, VERDICT_TAG, Verdict
+from tabular_mlops.promotion import DECISION_ARTIFACT, Verdict
 from tabular_mlops.registry import REVIEW_TAG
 from tabular_mlops.tracking import Tag
 from tests.conftest import CHURN_CONFIG, CHURN_CSV, leave_no_run_behind, point_mlflow_at
@@ -101,7 +101,7 @@ def test_first_model_is_judged_by_the_threshold_alone(store: Trained) -> None:
     assert version.tags[Tag.ENTRY_POINT] == "train_basic" and version.tags[Tag.DATASET_DIGEST]
     # The decision is in the register run: params, metrics, verdict and the JSON record.
     run = mlflow.get_run(result.run_id)
-    assert run.data.tags[VERDICT_TAG] == "passed"
+    assert run.data.tags[Tag.VERDICT] == "passed"
     assert run.data.params["decision.candidate_run_id"] == store.strong
     assert run.data.params["decision.selected_by"] == "run_id parameter"
     assert run.data.params["promotion.threshold"] == "0.8"
@@ -113,7 +113,7 @@ def test_first_model_is_judged_by_the_threshold_alone(store: Trained) -> None:
     children = mlflow.search_runs(
         filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'", output_format="list"
     )
-    assert [child.data.tags["role"] for child in children] == ["challenger"]
+    assert [child.data.tags[Tag.ROLE] for child in children] == ["challenger"]
 
 
 def test_first_model_below_the_threshold_is_not_champion(store: Trained) -> None:
@@ -149,7 +149,7 @@ def test_worse_challenger_is_rejected_and_the_champion_untouched(store: Trained)
     assert review_of("worse", 2) == Verdict.REJECTED
     run = mlflow.get_run(result.run_id)
     assert run.info.status == "FINISHED"  # a rejection is an answer, not an error
-    assert run.data.tags["verdict_reason"] == decision.reason
+    assert run.data.tags[Tag.VERDICT_REASON] == decision.reason
     assert run.data.metrics["champion.roc_auc"] > run.data.metrics["challenger.roc_auc"]
 
 
@@ -243,7 +243,7 @@ def test_challenger_that_fails_to_load_never_gets_an_alias(
     assert aliases(name) == {}
     (run,) = mlflow.search_runs(
         experiment_names=[shipped.experiment_name],
-        filter_string=f"tags.{Tag.ENTRY_POINT} = 'register' and tags.{VERDICT_TAG} = "
+        filter_string=f"tags.{Tag.ENTRY_POINT} = 'register' and tags.{Tag.VERDICT} = "
         "'failed_to_load'",
         output_format="list",
     )
