@@ -52,7 +52,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
     custom = config.require_custom_model()
     name = custom.registered_model_name
     with (
-        tracking.project_run(config, ENTRY_POINT) as run,
+        tracking.project_run(config, ENTRY_POINT, tracking.WRAPPER_MODEL_TYPE) as run,
         tempfile.TemporaryDirectory(prefix="custom-model-") as scratch,
     ):
         tracking.log_config(config)

@@ -60,7 +60,7 @@ def register(
 ) -> RegisterResult:
     config.require_promotion()  # before any run: a config without it is a user error
     name = config.tracking.registered_model_name
-    with tracking.project_run(config, ENTRY_POINT) as run:
+    with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
         tracking.log_config(config)
         decision = None
         if action == "rollback":

@@ -300,7 +300,7 @@ def _training_fingerprint(config: ProjectConfig, digest: str) -> dict[str, str]:
 def _best_candidate(
     promotion: PromotionConfig, name: str, trained_on: dict[str, str], same_split: bool
 ) -> Candidate:
-    """The finished run with a logged model, trained on this data (and split, when the
+    """The finished run with a logged pipeline, trained on this data (and split, when the
     held-out rows are the test split), that scored best on `promotion.metric`. Runs whose
     version was rolled back or failed to load are skipped: only `-P run_id` brings them
     back."""
@@ -308,6 +308,7 @@ def _best_candidate(
     conditions = [
         "attributes.status = 'FINISHED'",
         f"tags.{Tag.MODEL_URI} LIKE 'models:/%'",
+        f"tags.{Tag.MODEL_TYPE} = '{tracking.PIPELINE_MODEL_TYPE}'",  # not a wrapper's run
         f"metrics.{promotion.metric} >= 0",  # has the metric (every gate metric is >= 0)
         *(f"{_backticked(key)} = '{value}'" for key, value in required.items()),
     ]

@@ -24,7 +24,9 @@ from tabular_mlops.pipeline import SKOPS_TRUSTED_TYPES, pip_requirements
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-MODEL_TYPE = "sklearn-pipeline-lightgbm"
+# Values of Tag.MODEL_TYPE: what a run's logged model is.
+PIPELINE_MODEL_TYPE = "sklearn-pipeline-lightgbm"
+WRAPPER_MODEL_TYPE = "pyfunc-wrapper"
 INPUT_EXAMPLE_ROWS = 5
 _MAX_TAG_LENGTH = 5000
 # The tag MLflow's UI shows as an experiment's (or run's) description.
@@ -61,7 +63,9 @@ def configure_tracking() -> str:
 
 
 @contextmanager
-def project_run(config: ProjectConfig, entry_point: str) -> Iterator[mlflow.ActiveRun]:
+def project_run(
+    config: ProjectConfig, entry_point: str, model_type: str | None = PIPELINE_MODEL_TYPE
+) -> Iterator[mlflow.ActiveRun]:
     """The run an entry point logs to; it ends FAILED, with an `error` tag, on any error.
 
     Under `mlflow run` that is the run MLflow opened (MLFLOW_RUN_ID), in the experiment
@@ -85,7 +89,8 @@ def project_run(config: ProjectConfig, entry_point: str) -> Iterator[mlflow.Acti
     logger.info("run %s in %s", run.info.run_id, tracking_uri)
     describe_experiment(run.info.experiment_id, config.tracking)
     with run:
-        mlflow.set_tags({Tag.ENTRY_POINT: entry_point, Tag.MODEL_TYPE: MODEL_TYPE, **git_tags()})
+        tags = {Tag.ENTRY_POINT: entry_point, **git_tags()}
+        mlflow.set_tags(tags | ({Tag.MODEL_TYPE: model_type} if model_type else {}))
         try:
             yield run
         except Exception as error:

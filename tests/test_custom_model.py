@@ -13,7 +13,7 @@ import pytest
 import tabular_custom_model
 from mlflow.exceptions import MlflowException
 
-from steps import custom_model, train_basic
+from steps import custom_model, register, train_basic
 from tabular_mlops import data, packaging, registry, wrapper
 from tabular_mlops.config import CostMatrix, DecisionConfig, ProjectConfig, load_config
 from tabular_mlops.errors import ConfigError, PromotionError
@@ -189,6 +189,16 @@ def test_version_is_unknown_when_not_loaded_from_the_registry(store: Wrapped) ->
 
 
 # Choosing the pipeline, and checks that fail
+
+
+def test_a_wrapper_run_is_never_a_register_candidate(store: Wrapped) -> None:
+    # Same experiment, data and split, a logged model and even the best ROC AUC (its
+    # metric is the pipeline's; raised here): still not a pipeline.
+    mlflow.MlflowClient().log_metric(store.result.run_id, "roc_auc", 0.99, step=1)
+    config = config_for({"tracking.registered_model_name": "registered"})
+    decision = register.register(config).decision
+    assert decision.candidate_run_id == store.trained.run_id
+    assert mlflow.get_run(store.result.run_id).data.tags[Tag.MODEL_TYPE] == "pyfunc-wrapper"
 
 
 def test_champion_is_preferred_and_a_missing_alias_is_a_clear_error(store: Wrapped) -> None:
