@@ -6,12 +6,14 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+import mlflow
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_RUN_ID
 
 from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
 from tabular_mlops.errors import UserInputError
+from tabular_mlops.tracking import MAX_TAG_LENGTH, Tag, configure_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -19,10 +21,19 @@ T = TypeVar("T")
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Reports a bad parameter in one line (no usage dump) and exits 2."""
+    """Reports a bad parameter in one line (no usage dump) and exits 2.
+
+    Abbreviations are refused: MLflow appends an unknown `-P n_tri=5` as `--n_tri 5`,
+    which must be an error, not a silent `--n-trials`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        line = f"{self.prog}: error: {message}"
+        record_failure(line)
+        self.exit(2, line + "\n")
 
 
 def whole_number(text: str) -> int:
@@ -90,8 +101,26 @@ def run_with_config(
     and run `step` on it; a UserInputError becomes one error line and exit code 1."""
     values = {key: getattr(args, parameter) for parameter, key in overrides.items()}
     try:
-        step(load_config(args.config, values))
+        config = load_config(args.config, values)
     except UserInputError as error:
+        record_failure(str(error))  # no run of ours yet: tag the one `mlflow run` opened
         logger.error("%s", error)
         return 1
+    try:
+        step(config)
+    except UserInputError as error:
+        logger.error("%s", error)  # the run already ended FAILED with the `error` tag
+        return 1
     return 0
+
+
+def record_failure(reason: str) -> None:
+    """Under `mlflow run`, put why the entry point failed on its run (for `main`, which
+    reports a failed step by it), before any run of ours could. Best effort."""
+    if not MLFLOW_RUN_ID.defined:
+        return
+    try:
+        configure_tracking()
+        mlflow.MlflowClient().set_tag(MLFLOW_RUN_ID.get(), Tag.ERROR, reason[:MAX_TAG_LENGTH])
+    except Exception as error:
+        logger.warning("could not record the failure on run %s: %s", MLFLOW_RUN_ID.get(), error)

@@ -209,6 +209,16 @@ class PromotionConfig(_Section):
             raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(GATE_METRICS)}")
         return metric
 
+    @model_validator(mode="after")
+    def _threshold_is_reachable(self) -> "PromotionConfig":
+        # Every gate metric but log loss is a share, in [0, 1]; a bar outside can never
+        # (or always) be met, which is a typo, not a policy.
+        upper = None if self.metric == "log_loss" else 1.0
+        if self.threshold < 0 or (upper is not None and self.threshold > upper):
+            bounds = ">= 0" if upper is None else "between 0 and 1"
+            raise ValueError(f"threshold for {self.metric} must be {bounds}, got {self.threshold}")
+        return self
+
     @property
     def greater_is_better(self) -> bool:
         return GATE_METRICS[self.metric]
