@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 OVERRIDES = {
     "data_path": "data.path",
     "registered_model_name": "custom_model.registered_model_name",
+    "alias": "custom_model.alias",
     "objective": "custom_model.decision.objective",
     "check_env_manager": "custom_model.check_env_manager",
 }
@@ -37,15 +38,20 @@ class CustomModelResult:
     metrics: dict[str, float]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = config_parser(ENTRY_POINT, __doc__)
     text = unset_or(str)
     parser.add_argument("--model-uri", type=text)
     parser.add_argument("--data-path", type=text)
     parser.add_argument("--registered-model-name", type=text)
+    parser.add_argument("--alias", type=text)
     parser.add_argument("--objective", type=text)
     parser.add_argument("--check-env-manager", type=text)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomModelResult:
@@ -104,6 +110,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
             raise
         registry.set_review(name, version.version, "passed")
         registry.move_alias(name, custom.alias, version.version)
+        registry.record_alias(name, custom.alias)
     logger.info("serve it: mlflow models serve -m %s", registry.alias_uri(name, custom.alias))
     return CustomModelResult(
         run.info.run_id, info.model_uri, source_uri, version.version, tuned.threshold, metrics

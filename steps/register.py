@@ -40,7 +40,7 @@ class RegisterResult:
     decision: promotion.Decision | None  # None for `list`
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = config_parser(ENTRY_POINT, __doc__)
     text = unset_or(str)
     parser.add_argument("--action", choices=ACTIONS, default="promote")
@@ -52,7 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=unset_or(number))
     parser.add_argument("--min-improvement", type=unset_or(number))
     parser.add_argument("--holdout-path", type=text)
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def register(
@@ -71,6 +75,7 @@ def register(
             promotion.log_decision(decision)
             if decision.verdict == promotion.Verdict.FAILED_TO_LOAD:
                 raise PromotionError(decision.reason)
+            registry.record_alias(name, config.require_promotion().champion_alias)
         versions = registry.versions_table(name)
         listing = versions.to_markdown(index=False, floatfmt=".4f") if len(versions) else "none"
         mlflow.log_text(listing, "registry/versions.md")

@@ -41,8 +41,9 @@ class TrackResult:
     metrics: dict[str, float]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = config_parser(ENTRY_POINT, __doc__)
+    parser.add_argument("--baseline-run-id", type=unset_or(str))
     parser.add_argument("--data-path", type=unset_or(str))
     parser.add_argument("--n-trials", type=unset_or(whole_number))
     parser.add_argument("--timeout", type=unset_or(number))
@@ -50,11 +51,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cv-folds", type=unset_or(whole_number))
     parser.add_argument("--storage", type=unset_or(str))
     parser.add_argument("--study-name", type=unset_or(str))
-    return parser.parse_args(argv)
+    return parser
 
 
-def track(config: ProjectConfig) -> TrackResult:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackResult:
+    """Tune; with `baseline_run_id` (an untuned run, say), log its test metrics beside."""
     config.require_tuning()  # before any run: a config without it is a user error
+    baseline = tracking.finished_run(baseline_run_id) if baseline_run_id else None
     with tracking.project_run(config, ENTRY_POINT) as run:
         tracking.log_config(config)
         table = data.load_table(config.data)
@@ -79,6 +86,7 @@ def track(config: ProjectConfig) -> TrackResult:
 
         board = tuning.leaderboard(run.info.experiment_id, study.study_name)
         top = tuning.log_report(study, board)
+        gains = evaluation.log_baseline_comparison(metrics, baseline) if baseline else {}
     print(f"Top {min(len(board), tuning.TOP_TRIALS_SHOWN)} trials of {study.study_name}:\n{top}")
     logger.info(
         "best trial %d: CV ROC AUC %.4f; refit on the training split: test ROC AUC %.4f",
@@ -86,12 +94,17 @@ def track(config: ProjectConfig) -> TrackResult:
         best.value,
         metrics["roc_auc"],
     )
+    if "roc_auc" in gains:
+        logger.info(
+            "against baseline run %s: test ROC AUC %+.4f", baseline_run_id, gains["roc_auc"]
+        )
     return TrackResult(run.info.run_id, model_info.model_uri, best.params, metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    return run_with_config(parse_args(argv), OVERRIDES, track)
+    args = parse_args(argv)
+    return run_with_config(args, OVERRIDES, lambda config: track(config, args.baseline_run_id))
 
 
 if __name__ == "__main__":

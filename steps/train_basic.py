@@ -31,6 +31,7 @@ OVERRIDES = {
     "learning_rate": "model.learning_rate",
     "num_leaves": "model.num_leaves",
     "registered_model_name": "tracking.registered_model_name",
+    "alias": "tracking.alias",
 }
 
 
@@ -42,7 +43,7 @@ class TrainResult:
     metrics: dict[str, float]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = config_parser(ENTRY_POINT, __doc__)
     text = unset_or(str)
     parser.add_argument("--data-path", type=text)
@@ -54,7 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=unset_or(number))
     parser.add_argument("--num-leaves", type=unset_or(whole_number))
     parser.add_argument("--registered-model-name", type=text)
-    return parser.parse_args(argv)
+    parser.add_argument("--alias", type=text)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def train_basic(config: ProjectConfig) -> TrainResult:

@@ -19,3 +19,8 @@ class DataError(UserInputError):
 
 class PromotionError(UserInputError):
     """A registry action cannot go ahead: no candidate, a model that does not load, ..."""
+
+
+class StepFailedError(UserInputError):
+    """A step `main` ran failed, or left nothing for the next step: the message names the
+    step and gives the reason its own run recorded."""

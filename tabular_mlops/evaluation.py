@@ -13,12 +13,13 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.models import EvaluationResult
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from tabular_mlops.pipeline import feature_importance
-from tabular_mlops.tracking import quiet_integer_schema_hint
+from tabular_mlops.tracking import Tag, quiet_integer_schema_hint
 
 LABEL_COLUMN = "__label__"
 # Metric names as MLflow's evaluator logs them, plus our own.
@@ -34,6 +35,17 @@ def log_test_evaluation(
     metrics |= log_probability_metrics(y_test, pipeline.predict_proba(X_test)[:, 1])
     log_feature_importance(pipeline)
     return metrics
+
+
+def log_baseline_comparison(metrics: dict[str, float], baseline: Run) -> dict[str, float]:
+    """Log the baseline run's test metrics beside this run's as `baseline.<metric>`, and
+    return the differences (this run minus the baseline)."""
+    shared = [
+        name for name in HEADLINE_METRICS if name in metrics and name in baseline.data.metrics
+    ]
+    mlflow.log_metrics({f"baseline.{name}": baseline.data.metrics[name] for name in shared})
+    mlflow.set_tag(Tag.BASELINE_RUN_ID, baseline.info.run_id)
+    return {name: metrics[name] - baseline.data.metrics[name] for name in shared}
 
 
 def evaluate(model_uri: str, X_test: pd.DataFrame, y_test: pd.Series) -> dict[str, float]:

@@ -14,7 +14,6 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.models import EvaluationResult, MetricThreshold
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 
@@ -81,17 +80,15 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     """Review a candidate (`run_id`, or the experiment's best run) for `champion`."""
     promotion = config.require_promotion()
     name = config.tracking.registered_model_name
+    # A wrong run id fails before any work.
+    given = _candidate_from_run(run_id, config.tracking.model_name) if run_id else None
     training = data.load_table(config.data)
     holdout = data.load_holdout(training, config.data, config.split, promotion.holdout_path)
     tracking.log_dataset(holdout.table, context="holdout")
     # What a run must have trained on for these rows to be held out from it.
     trained_on = _training_fingerprint(config, tracking.as_mlflow_dataset(training).digest)
 
-    candidate = (
-        _candidate_from_run(run_id, config.tracking.model_name)
-        if run_id
-        else _best_candidate(promotion, name, trained_on, holdout.is_test_split)
-    )
+    candidate = given or _best_candidate(promotion, name, trained_on, holdout.is_test_split)
     if holdout.is_test_split and (mismatch := _mismatch(candidate.run, trained_on)):
         raise PromotionError(
             f"run {candidate.run_id} was trained on other data or another split "
@@ -260,18 +257,15 @@ def log_decision(decision: Decision) -> None:
         | {f"champion.{key}": value for key, value in decision.champion_metrics.items()}
     )
     mlflow.set_tags(
-        {Tag.VERDICT: str(decision.verdict), Tag.VERDICT_REASON: decision.reason[:5000]}
+        {
+            Tag.VERDICT: str(decision.verdict),
+            Tag.VERDICT_REASON: decision.reason[: tracking.MAX_TAG_LENGTH],
+        }
     )
 
 
 def _candidate_from_run(run_id: str, model_name: str) -> Candidate:
-    client = mlflow.MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise PromotionError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}") from None
-    if run.info.status != "FINISHED":
-        raise PromotionError(f"run {run_id} is {run.info.status}, not FINISHED")
+    run = tracking.finished_run(run_id, PromotionError)
     model_uri = run.data.tags.get(Tag.MODEL_URI) or _logged_model_uri(run, model_name)
     return Candidate(run, model_uri, selected_by="run_id parameter")
 

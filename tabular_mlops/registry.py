@@ -1,6 +1,7 @@
 """Model registry: versions, their descriptions and aliases (stages are deprecated)."""
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 REVIEW_TAG = "validation_status"
 # The latest versions `versions_table` lists.
 LISTED_VERSIONS = 100
+_VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,34 @@ def alias_uri(registered_model_name: str, alias: str) -> str:
 
 def version_uri(registered_model_name: str, version: int) -> str:
     return f"models:/{registered_model_name}/{version}"
+
+
+def parse_version_uri(uri: str) -> tuple[str, int]:
+    """(name, version) of a `models:/<name>/<version>` URI."""
+    match = _VERSION_URI.match(uri)
+    if match is None:
+        raise PromotionError(f"{uri!r} is not a models:/<name>/<version> URI")
+    return match["name"], int(match["version"])
+
+
+def record_alias(name: str, alias: str) -> str | None:
+    """Tag the active run with the version `alias` of `name` points at now, the one this
+    run leaves in charge; `main` reuses the run only while the alias stays there."""
+    version = aliases(name).get(alias)
+    if version is None:
+        return None
+    uri = version_uri(name, version)
+    mlflow.set_tags({Tag.CHAMPION_URI: uri, Tag.CHAMPION_ALIAS: alias})
+    return uri
+
+
+def alias_still_at(run: Run) -> bool:
+    """Whether the alias a run recorded (see `record_alias`) still points where it did."""
+    uri, alias = run.data.tags.get(Tag.CHAMPION_URI), run.data.tags.get(Tag.CHAMPION_ALIAS)
+    if uri is None or alias is None:
+        return True
+    name, version = parse_version_uri(uri)
+    return aliases(name).get(alias) == version
 
 
 def find_version(name: str, run_id: str, model_uri: str) -> ModelVersion | None:

@@ -6,12 +6,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.data.pandas_dataset import PandasDataset
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Run
 from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_TRACKING_URI
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from sklearn.pipeline import Pipeline
@@ -28,7 +30,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PIPELINE_MODEL_TYPE = "sklearn-pipeline-lightgbm"
 WRAPPER_MODEL_TYPE = "pyfunc-wrapper"
 INPUT_EXAMPLE_ROWS = 5
-_MAX_TAG_LENGTH = 5000
+MAX_TAG_LENGTH = 5000
 # The tag MLflow's UI shows as an experiment's (or run's) description.
 DESCRIPTION_TAG = "mlflow.note.content"
 
@@ -52,6 +54,14 @@ class Tag:
     SOURCE_MODEL_URI = "source_model_uri"  # the pipeline wrapped
     WHEEL = "wheel"
     CHECKS = "checks"  # where the model's answers were found identical
+    # register, custom_model: the version an alias pointed at when the run finished
+    CHAMPION_URI = "champion_uri"  # models:/<name>/<version>
+    CHAMPION_ALIAS = "champion_alias"
+    # track
+    BASELINE_RUN_ID = "baseline_run_id"  # the untuned run it is compared with
+    # main: what a step's run was keyed and fed by (see tabular_mlops.chain)
+    CACHE_KEY = "cache_key"
+    UPSTREAM_PREFIX = "upstream."  # + step name -> the run id the step consumed
 
 
 def configure_tracking() -> str:
@@ -95,8 +105,19 @@ def project_run(
             yield run
         except Exception as error:
             reason = str(error) if isinstance(error, UserInputError) else repr(error)
-            mlflow.set_tag(Tag.ERROR, reason[:_MAX_TAG_LENGTH])
+            mlflow.set_tag(Tag.ERROR, reason[:MAX_TAG_LENGTH])
             raise
+
+
+def finished_run(run_id: str, error: type[UserInputError] = UserInputError) -> Run:
+    """The FINISHED run `run_id`; anything else is the user's error, raised as `error`."""
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except MlflowException:
+        raise error(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}") from None
+    if run.info.status != "FINISHED":
+        raise error(f"run {run_id} is {run.info.status}, not FINISHED")
+    return run
 
 
 def describe_experiment(experiment_id: str, tracking: TrackingConfig) -> None:
@@ -121,19 +142,20 @@ def quiet_integer_schema_hint() -> Iterator[None]:
         yield
 
 
-def git_tags() -> dict[str, str]:
-    """Commit of the working directory and whether it has uncommitted changes."""
+def git_tags(directory: Path | None = None) -> dict[str, str]:
+    """Commit of `directory` (the working directory) and whether it has uncommitted
+    changes; empty outside a git checkout."""
     try:
-        commit = _git("rev-parse", "HEAD")
-        dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+        commit = _git(directory, "rev-parse", "HEAD")
+        dirty = bool(_git(directory, "status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.CalledProcessError):
         return {}
     return {Tag.GIT_COMMIT: commit, Tag.GIT_DIRTY: str(dirty).lower()}
 
 
-def _git(*args: str) -> str:
+def _git(directory: Path | None, *args: str) -> str:
     return subprocess.run(
-        ["git", *args], capture_output=True, text=True, check=True, timeout=30
+        ["git", *args], cwd=directory, capture_output=True, text=True, check=True, timeout=30
     ).stdout.strip()
 
 

@@ -7,7 +7,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from steps import track, train_basic
+from steps import custom_model, main, register, track, train_basic
 from tests.conftest import PROJECT_DIR
 
 
@@ -28,7 +28,14 @@ def test_mlproject_uses_conda_yaml() -> None:
     assert mlproject()["conda_env"] == "conda.yaml"
 
 
-@pytest.mark.parametrize("step", [train_basic, track], ids=lambda step: step.ENTRY_POINT)
+ENTRY_POINTS = [train_basic, track, register, custom_model, main]
+
+
+def test_mlproject_declares_every_entry_point() -> None:
+    assert set(mlproject()["entry_points"]) == {step.ENTRY_POINT for step in ENTRY_POINTS}
+
+
+@pytest.mark.parametrize("step", ENTRY_POINTS, ids=lambda step: step.ENTRY_POINT)
 def test_every_parameter_reaches_the_step(step: ModuleType) -> None:
     entry_point = mlproject()["entry_points"][step.ENTRY_POINT]
     parameters = entry_point["parameters"]
@@ -36,7 +43,10 @@ def test_every_parameter_reaches_the_step(step: ModuleType) -> None:
     passed = dict(re.findall(r"--([a-z-]+) \{([a-z_]+)\}", entry_point["command"]))
     assert sorted(passed.values()) == sorted(parameters)
     assert all(flag == name.replace("_", "-") for flag, name in passed.items())
-    assert set(parameters) == {"config", *step.OVERRIDES}
+    # The step's parser takes exactly the MLproject's parameters.
+    accepted = {action.dest for action in step.build_parser()._actions} - {"help"}
+    assert set(parameters) == accepted
+    assert set(step.OVERRIDES) <= accepted
     assert {spec["type"] for spec in parameters.values()} <= {"string", "float"}
     # The step accepts what MLflow substitutes for every default.
     argv = [

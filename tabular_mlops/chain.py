@@ -1,0 +1,218 @@
+"""Entry points run as child runs of `main`, and the step cache that skips work already done.
+
+A step's run is reused when an earlier FINISHED run of the same entry point has the same
+cache key: a digest of the step's parameters normalised by their types, the git commit
+(a tree with uncommitted changes is never cached), the config file's bytes, the dataset
+digest and the run ids of the upstream steps the step consumed. The key is a tag on the
+run, found with one server-side `search_runs` filter. A run that left an alias on a
+version (`register`, `custom_model`) is reused only while the alias still points there.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import ExecutionException
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
+
+from tabular_mlops import registry, tracking
+from tabular_mlops.errors import StepFailedError
+from tabular_mlops.tracking import Tag
+
+logger = logging.getLogger(__name__)
+
+# The tag `mlflow run` puts on a run it started with a uv, virtualenv or conda environment;
+# absent under `--env-manager local`.
+_PROJECT_ENV_TAG = "mlflow.project.env"
+LOCAL_ENV_MANAGER = "local"
+
+
+def canonical(value: Any) -> str:
+    """A parameter value as one string per meaning: 5, 5.0 and "5" (parsed as a number)
+    are all "5"; True is "true"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ChainContext:
+    """What every step of one `main` run shares."""
+
+    project_dir: Path
+    experiment_id: str
+    env_manager: str  # the one `main` runs under: its steps run under it too
+    git_commit: str | None  # None: uncommitted changes or no git, so nothing is cached
+    config_sha256: str
+    dataset_digest: str
+    force: bool = False
+
+    @property
+    def caching(self) -> bool:
+        return self.git_commit is not None and not self.force
+
+
+@dataclass(frozen=True)
+class StepCall:
+    """One entry point with its typed parameters (None: unset) and the upstream runs whose
+    outputs it consumes (step name -> run id)."""
+
+    entry_point: str
+    parameters: Mapping[str, Any]
+    upstream: Mapping[str, str] = field(default_factory=dict)
+
+    def arguments(self) -> dict[str, str]:
+        """The `-P` values: set parameters only, normalised."""
+        return {
+            name: canonical(value) for name, value in self.parameters.items() if value is not None
+        }
+
+
+@dataclass(frozen=True)
+class StepRun:
+    entry_point: str
+    run: Run
+    reused: bool
+    seconds: float
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def tag(self, key: str) -> str:
+        """A tag the step must have set; its absence is a bug of the step, said plainly."""
+        if key not in self.run.data.tags:
+            raise StepFailedError(f"step {self.entry_point} (run {self.run_id}) set no {key!r} tag")
+        return self.run.data.tags[key]
+
+
+def cache_key(call: StepCall, context: ChainContext) -> str | None:
+    """The step's cache key, or None when its runs must not be cached (uncommitted code)."""
+    if context.git_commit is None:
+        return None
+    content = {
+        "entry_point": call.entry_point,
+        "parameters": call.arguments(),
+        "upstream": dict(call.upstream),
+        "git_commit": context.git_commit,
+        "config_sha256": context.config_sha256,
+        "dataset_digest": context.dataset_digest,
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def find_reusable(call: StepCall, key: str, experiment_id: str) -> Run | None:
+    """The newest FINISHED run of the step with this key, if its outputs still stand."""
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id],
+        filter_string=(
+            f"tags.{Tag.CACHE_KEY} = '{key}' AND attributes.status = 'FINISHED' "
+            f"AND tags.`{MLFLOW_PROJECT_ENTRY_POINT}` = '{call.entry_point}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        return None
+    if not registry.alias_still_at(runs[0]):
+        logger.info(
+            "%s: run %s has the same key, but alias %r of its model moved since: rerunning",
+            call.entry_point,
+            runs[0].info.run_id,
+            runs[0].data.tags[Tag.CHAMPION_ALIAS],
+        )
+        return None
+    return runs[0]
+
+
+Launcher = Callable[[StepCall, ChainContext], str]
+
+
+def launch(call: StepCall, context: ChainContext) -> str:
+    """Run the entry point with `mlflow.run` as a child of the active run; its run id.
+    A failed step raises StepFailedError with the reason the step recorded."""
+    try:
+        submitted = mlflow.projects.run(
+            uri=str(context.project_dir),
+            entry_point=call.entry_point,
+            parameters=call.arguments(),
+            experiment_id=context.experiment_id,
+            env_manager=context.env_manager,
+            run_name=call.entry_point,
+            synchronous=True,
+        )
+    except ExecutionException as error:
+        raise StepFailedError(_failure(call.entry_point, context, error)) from None
+    return submitted.run_id
+
+
+def run_step(
+    call: StepCall, context: ChainContext, launcher: Launcher = launch, label: str = ""
+) -> StepRun:
+    """Reuse the step's earlier run when the cache allows, else run it (and key its run)."""
+    label = label or call.entry_point
+    key = cache_key(call, context)
+    if key is not None and context.caching:
+        started = time.monotonic()
+        if (run := find_reusable(call, key, context.experiment_id)) is not None:
+            logger.info("%s: same inputs as run %s (key %s)", label, run.info.run_id, key[:12])
+            return StepRun(call.entry_point, run, reused=True, seconds=time.monotonic() - started)
+    logger.info("%s: running (env manager %s)", label, context.env_manager)
+    started = time.monotonic()
+    run_id = launcher(call, context)
+    seconds = time.monotonic() - started
+    client = mlflow.MlflowClient()
+    for step, upstream_run_id in call.upstream.items():
+        client.set_tag(run_id, f"{Tag.UPSTREAM_PREFIX}{step}", upstream_run_id)
+    if key is not None:  # only a finished run gets a key: a failed one raised above
+        client.set_tag(run_id, Tag.CACHE_KEY, key)
+    return StepRun(call.entry_point, client.get_run(run_id), reused=False, seconds=seconds)
+
+
+def env_manager_of(run: Run) -> str:
+    """The environment manager `mlflow run` started `run` with."""
+    return run.data.tags.get(_PROJECT_ENV_TAG, LOCAL_ENV_MANAGER)
+
+
+def clean_commit(project_dir: Path) -> str | None:
+    """HEAD of the project's git checkout; None if it has uncommitted changes or no git."""
+    tags = tracking.git_tags(project_dir)
+    if not tags:
+        logger.warning("%s is not a git checkout: no step is cached or reused", project_dir)
+        return None
+    if tags[Tag.GIT_DIRTY] == "true":
+        logger.warning("uncommitted changes in %s: no step is cached or reused", project_dir)
+        return None
+    return tags[Tag.GIT_COMMIT]
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _failure(entry_point: str, context: ChainContext, error: ExecutionException) -> str:
+    """'step <name> failed (run <id>): <reason>', the reason from the run's `error` tag."""
+    runs = mlflow.search_runs(
+        experiment_ids=[context.experiment_id],
+        filter_string=(
+            f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{mlflow.active_run().info.run_id}' "
+            f"AND tags.`{MLFLOW_PROJECT_ENTRY_POINT}` = '{entry_point}'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        return f"step {entry_point} failed: {error}"
+    reason = runs[0].data.tags.get(Tag.ERROR, "it recorded no reason; see its output above")
+    return f"step {entry_point} failed (run {runs[0].info.run_id}): {reason}"
