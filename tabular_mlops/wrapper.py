@@ -199,5 +199,8 @@ def _run(command: list[str], cwd: str) -> str:
         check=False,
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:6])} ... failed: {done.stderr[-3000:]}")
+        logger.warning("%s", done.stderr[-3000:])  # the whole story; the error says the end
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else f"exit code {done.returncode}"
+        raise RuntimeError(f"{' '.join(command[:6])} ... failed: {last}")
     return done.stdout

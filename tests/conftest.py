@@ -1,4 +1,5 @@
 import glob
+import json
 import os
 import shutil
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
 CHURN_CSV = PROJECT_DIR / "data" / "wa_churn.csv"
 E2E_EXPERIMENT = "churn"  # what the README passes to `mlflow run --experiment-name`
+SERVICE_URI = "models:/churn-service@champion"  # what `custom_model` registers
 
 
 @cache
@@ -211,18 +214,23 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def mlflow_run(
     project: Path,
-    tracking_uri: str,
+    tracking_uri: str | None,
     entry_point: str,
     *parameters: str,
     env_manager: str = "local",
     experiment: str = E2E_EXPERIMENT,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`mlflow run` as a user types it; `local` uses this venv (and its `uv`)."""
+    """`mlflow run` as a user types it; `local` uses this venv (and its `uv`). With
+    `tracking_uri` None, MLflow's default applies: ./mlflow.db in the project."""
     env = os.environ | {
-        "MLFLOW_TRACKING_URI": tracking_uri,
         "MLFLOW_ENV_ROOT": str(project.parent / "mlflow-envs"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if tracking_uri is not None:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env |= extra_env or {}
     command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point]
     command += ["--env-manager", env_manager, "--experiment-name", experiment]
     for parameter in parameters:
@@ -239,3 +247,37 @@ def sqlite_uri(path: Path) -> str:
 def use_store(tracking_uri: str) -> mlflow.MlflowClient:
     mlflow.set_tracking_uri(tracking_uri)
     return mlflow.MlflowClient()
+
+
+# Serving helpers: `mlflow models serve` and HTTP calls to it.
+
+
+@contextmanager
+def served(
+    store: str, env_manager: str, env_root: Path, model_uri: str = SERVICE_URI
+) -> Iterator[str]:
+    """`mlflow models serve -m <model_uri>` on a loopback port."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1", "--env-manager", env_manager]
+    environment = os.environ | {
+        "MLFLOW_TRACKING_URI": store,
+        "MLFLOW_ENV_ROOT": str(env_root),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    url = f"http://127.0.0.1:{port}"
+    log = env_root / f"serve-{env_manager}.log"
+    # uv builds the model's environment first.
+    with background_server(command, f"{url}/ping", log, timeout=600, env=environment):
+        yield url
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())

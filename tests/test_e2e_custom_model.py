@@ -3,12 +3,6 @@ registered model behind `mlflow models serve`, with `--env-manager local` and `u
 
 import io
 import json
-import os
-import sys
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +19,15 @@ from tabular_mlops.tracking import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
-    background_server,
-    free_port,
+    SERVICE_URI,
     mlflow_run,
+    post,
+    served,
     sqlite_uri,
     use_store,
 )
 
 pytestmark = pytest.mark.e2e
-
-SERVICE_URI = "models:/churn-service@champion"
 
 
 @dataclass(frozen=True)
@@ -72,35 +65,6 @@ def in_process_answer(rows: pd.DataFrame, params: dict[str, Any] | None) -> dict
     output = io.StringIO()
     predictions_to_json(model.predict(rows, params=params), output)
     return json.loads(output.getvalue())
-
-
-@contextmanager
-def served(store: str, env_manager: str, env_root: Path) -> Iterator[str]:
-    """`mlflow models serve -m models:/churn-service@champion` on a loopback port."""
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", SERVICE_URI]
-    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1", "--env-manager", env_manager]
-    environment = os.environ | {
-        "MLFLOW_TRACKING_URI": store,
-        "MLFLOW_ENV_ROOT": str(env_root),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    url = f"http://127.0.0.1:{port}"
-    log = env_root / f"serve-{env_manager}.log"
-    # uv builds the model's environment first.
-    with background_server(command, f"{url}/ping", log, timeout=600, env=environment):
-        yield url
-
-
-def post(url: str, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"{url}/invocations", data=body, headers={"Content-Type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def test_custom_model_is_checked_everywhere_then_aliased(service: Service) -> None:

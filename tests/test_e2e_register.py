@@ -1,5 +1,5 @@
 """End to end: the real `mlflow run . -e register` after `train_basic`, on a sqlite store
-and on a tracking server."""
+(against a tracking server, `register` runs in tests/test_e2e_main.py's chain)."""
 
 from pathlib import Path
 
@@ -52,48 +52,3 @@ def test_register_promotes_then_reuses_and_lists(project: Path, tmp_path: Path) 
     (row,) = [line for line in listing.stdout.splitlines() if champion.run_id in line]
     assert "challenger, champion, latest-model" in row and "passed" in row
     assert len(client.search_model_versions(f"name = '{REGISTERED}'")) == 1
-
-
-def test_register_against_a_tracking_server(project: Path, tracking_server: str) -> None:
-    experiment, name = "register-on-server", "server-churn"
-    options = {"experiment": experiment}
-    trained = mlflow_run(
-        project, tracking_server, "train_basic", "n_estimators=50",
-        f"registered_model_name={name}", **options,
-    )  # fmt: skip
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    result = mlflow_run(
-        project, tracking_server, "register", f"registered_model_name={name}", **options
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = use_store(tracking_server)
-    (run,) = register_runs(experiment)
-    assert run.data.tags[Tag.VERDICT] == "passed"
-    assert client.get_registered_model(name).aliases == {
-        "champion": "1",
-        "challenger": "1",
-        "latest-model": "1",
-    }
-    # The champion loads back over HTTP.
-    model = mlflow.sklearn.load_model(f"models:/{name}@champion")
-    assert model.named_steps["classifier"].n_estimators == 50
-
-
-@pytest.mark.parametrize(
-    ("parameters", "message"),
-    [
-        (["dry_run=maybe"], "argument --dry-run: expected true or false, got 'maybe'"),
-        (["action=rollback"], "churn-classifier has no 'previous-champion' alias: nothing to"),
-    ],
-)
-def test_bad_input_fails_the_run(
-    project: Path, tmp_path: Path, parameters: list[str], message: str
-) -> None:
-    store = sqlite_uri(tmp_path / "mlflow.db")
-    result = mlflow_run(project, store, "register", *parameters)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr.split("=== Run (ID")[0]
-    use_store(store)
-    (run,) = register_runs()
-    assert run.info.status == "FAILED"

@@ -1,0 +1,214 @@
+"""`main`'s step cache and parameter checks, in process, with a stand-in for `mlflow.run`."""
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
+
+from steps import main
+from tabular_mlops import chain, registry
+from tabular_mlops.chain import ChainContext, StepCall
+from tabular_mlops.cli import ArgumentParser
+from tabular_mlops.config import PromotionConfig
+from tabular_mlops.tracking import Tag
+from tests.conftest import CHURN_CONFIG
+
+
+class FakeLauncher:
+    """Stands in for `mlflow.run`: records the call and makes a FINISHED run of it."""
+
+    def __init__(self) -> None:
+        self.calls: list[StepCall] = []
+
+    def __call__(self, call: StepCall, context: ChainContext) -> str:
+        self.calls.append(call)
+        run = mlflow.MlflowClient().create_run(
+            context.experiment_id, tags={MLFLOW_PROJECT_ENTRY_POINT: call.entry_point}
+        )
+        mlflow.MlflowClient().set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+
+@pytest.fixture
+def context(tracking_uri: str, tmp_path: Path) -> ChainContext:
+    return ChainContext(
+        project_dir=tmp_path,
+        experiment_id=mlflow.create_experiment("chain"),
+        env_manager="local",
+        git_commit="a" * 40,
+        config_sha256="c" * 64,
+        dataset_digest="d1",
+    )
+
+
+TRACK = StepCall("track", {"config": Path("config/churn.yaml"), "n_trials": 5, "timeout": None})
+
+
+def test_parameters_are_normalised_by_type() -> None:
+    assert [chain.canonical(v) for v in (5, 5.0, "5", True, 0.25, None)] == [
+        "5", "5", "5", "true", "0.25", "None",
+    ]  # fmt: skip
+    # `-P n_trials=5` and `-P n_trials=5.0` are one parameter value to `main`.
+    assert (
+        main.parse_args(["--n-trials", "5"]).track == main.parse_args(["--n-trials", "5.0"]).track
+    )
+    assert TRACK.arguments() == {"config": "config/churn.yaml", "n_trials": "5"}
+
+
+def test_the_cache_key_covers_every_input(context: ChainContext) -> None:
+    key = chain.cache_key(TRACK, context)
+    changed = [
+        dataclasses.replace(TRACK, parameters={**TRACK.parameters, "n_trials": 6}),
+        dataclasses.replace(TRACK, upstream={"train_basic": "r1"}),
+        dataclasses.replace(TRACK, entry_point="train_basic"),
+    ]
+    assert all(chain.cache_key(call, context) != key for call in changed)
+    for field, value in [
+        ("git_commit", "b" * 40),
+        ("config_sha256", "e" * 64),
+        ("dataset_digest", "d2"),
+    ]:
+        assert chain.cache_key(TRACK, dataclasses.replace(context, **{field: value})) != key
+    # The same inputs, given as other types, give the same key.
+    same = dataclasses.replace(TRACK, parameters={**TRACK.parameters, "n_trials": 5.0})
+    assert chain.cache_key(same, context) == key
+    # Uncommitted code is never cached.
+    assert chain.cache_key(TRACK, dataclasses.replace(context, git_commit=None)) is None
+
+
+def test_a_step_runs_once_then_is_reused(context: ChainContext) -> None:
+    launcher = FakeLauncher()
+    call = dataclasses.replace(TRACK, upstream={"train_basic": "r1"})
+    first = chain.run_step(call, context, launcher)
+    again = chain.run_step(call, context, launcher)
+    assert not first.reused and again.reused
+    assert again.run_id == first.run_id and len(launcher.calls) == 1
+    assert first.run.data.tags[Tag.CACHE_KEY] == chain.cache_key(call, context)
+    assert first.run.data.tags[f"{Tag.UPSTREAM_PREFIX}train_basic"] == "r1"
+
+    # Another upstream run, or force=true, runs it again.
+    other = chain.run_step(
+        dataclasses.replace(call, upstream={"train_basic": "r2"}), context, launcher
+    )
+    forced = chain.run_step(call, dataclasses.replace(context, force=True), launcher)
+    assert not other.reused and not forced.reused and len(launcher.calls) == 3
+    # The newest run with the key is the one reused.
+    assert chain.run_step(call, context, launcher).run_id == forced.run_id
+
+
+def test_only_finished_runs_are_reused(context: ChainContext) -> None:
+    launcher = FakeLauncher()
+    first = chain.run_step(TRACK, context, launcher)
+    mlflow.MlflowClient().set_terminated(first.run_id, "FAILED")
+    assert not chain.run_step(TRACK, context, launcher).reused
+
+
+def test_uncommitted_code_is_never_cached(context: ChainContext) -> None:
+    launcher, dirty = FakeLauncher(), dataclasses.replace(context, git_commit=None)
+    first = chain.run_step(TRACK, dirty, launcher)
+    assert Tag.CACHE_KEY not in first.run.data.tags
+    assert not chain.run_step(TRACK, dirty, launcher).reused
+    # Nor does a later clean run reuse it.
+    assert not chain.run_step(TRACK, context, launcher).reused
+    assert len(launcher.calls) == 3
+
+
+def test_a_run_is_reused_only_while_its_alias_stays(context: ChainContext) -> None:
+    client = mlflow.MlflowClient()
+    client.create_registered_model("m")
+    for _ in range(2):
+        run = client.create_run(context.experiment_id)
+        client.create_model_version("m", "file:///nowhere", run.info.run_id)
+    registry.move_alias("m", "champion", 1)
+
+    class AliasingLauncher(FakeLauncher):
+        def __call__(self, call: StepCall, context: ChainContext) -> str:
+            run_id = super().__call__(call, context)
+            with mlflow.start_run(run_id=run_id):
+                registry.record_alias("m", "champion")
+            return run_id
+
+    launcher = AliasingLauncher()
+    call = StepCall("register", {"run_id": "r"})
+    first = chain.run_step(call, context, launcher)
+    assert first.run.data.tags[Tag.CHAMPION_URI] == "models:/m/1"
+    assert chain.run_step(call, context, launcher).reused
+    registry.move_alias("m", "champion", 2)  # a rollback or another promotion since
+    assert not registry.alias_still_at(mlflow.get_run(first.run_id))
+    rerun = chain.run_step(call, context, launcher)
+    assert not rerun.reused and rerun.run.data.tags[Tag.CHAMPION_URI] == "models:/m/2"
+
+
+def test_a_step_parameter_is_checked_by_the_steps_parser_before_any_work(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for argv, message in [
+        (["--n-trials", "abc"], "track: error: argument --n-trials: expected a whole number"),
+        (["--n-estimators", "1.5"], "train_basic: error: argument --n-estimators"),
+        (["--n-tri", "3"], "main: error: unrecognized arguments: --n-tri 3"),
+        (["--force", "maybe"], "main: error: argument --force: expected true or false"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main.parse_args(argv)
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_bad_parameter_fails_main_before_any_step(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    launched = []
+    monkeypatch.setattr(chain, "launch", lambda call, context: launched.append(call))
+    argv = ["--config", str(CHURN_CONFIG), "--threshold", "1.5"]
+    assert main.main(argv) == 1
+    assert "threshold for roc_auc must be between 0 and 1, got 1.5" in caplog.text
+    assert launched == [] and mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_a_parameter_error_is_recorded_on_the_run_mlflow_opened(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = mlflow.MlflowClient().create_run(mlflow.create_experiment("e"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    with pytest.raises(SystemExit):
+        ArgumentParser(prog="track").error("argument --n-trials: expected a whole number")
+    tags = mlflow.get_run(run.info.run_id).data.tags
+    assert tags[Tag.ERROR] == "track: error: argument --n-trials: expected a whole number"
+
+
+@pytest.mark.parametrize(
+    ("metric", "basic", "tuned", "chosen"),
+    [("roc_auc", 0.84, 0.85, "track"), ("roc_auc", 0.85, 0.85, "train_basic"),
+     ("log_loss", 0.41, 0.42, "train_basic"), ("log_loss", 0.42, 0.41, "track")],
+)  # fmt: skip
+def test_the_candidate_is_the_better_run(
+    tracking_uri: str, metric: str, basic: float, tuned: float, chosen: str
+) -> None:
+    runs = {}
+    for entry_point, value in (("train_basic", basic), ("track", tuned)):
+        with mlflow.start_run() as run:
+            mlflow.log_metric(metric, value)
+        runs[entry_point] = chain.StepRun(entry_point, mlflow.get_run(run.info.run_id), False, 0)
+    promotion = PromotionConfig(metric=metric, threshold=0.5, min_improvement=0.001)
+    assert main.better_of(runs["train_basic"], runs["track"], promotion).entry_point == chosen
+
+
+def test_a_failed_step_is_reported_with_the_reason_it_recorded(context: ChainContext) -> None:
+    client = mlflow.MlflowClient()
+    with mlflow.start_run(experiment_id=context.experiment_id) as parent:
+        child = client.create_run(
+            context.experiment_id,
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent.info.run_id,
+                MLFLOW_PROJECT_ENTRY_POINT: "custom_model",
+                Tag.ERROR: "the model failed to predict in isolated_env_conda",
+            },
+        )
+        error = mlflow.exceptions.ExecutionException("Run failed")
+        message = chain._failure("custom_model", context, error)
+    assert message == (
+        f"step custom_model failed (run {child.info.run_id}): "
+        "the model failed to predict in isolated_env_conda"
+    )

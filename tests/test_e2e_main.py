@@ -1,0 +1,222 @@
+"""End to end: `mlflow run .` (entry point `main`) chains the four steps as child runs and
+reuses those whose inputs did not change: with `--env-manager local` on the default sqlite
+store (./mlflow.db), and with uv against a tracking server. The tests of the sqlite chain
+build on each other, in file order."""
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.entities import Run
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
+
+from tabular_mlops.tracking import Tag
+from tests.conftest import (
+    CHURN_CONFIG,
+    E2E_EXPERIMENT,
+    SERVICE_URI,
+    churn_frame,
+    mlflow_run,
+    post,
+    served,
+    sqlite_uri,
+    use_store,
+)
+
+pytestmark = pytest.mark.e2e
+
+STEPS = ("train_basic", "track", "register", "custom_model")
+# Small and fast; the isolated uv check of custom_model has its own end-to-end test.
+BASE = ("n_trials=2", "check_env_manager=none")
+# The same values as BASE, typed otherwise: the cache must see no change.
+BASE_RETYPED = ("n_trials=2.0", "check_env_manager=none")
+# BASE with one of register's parameters changed.
+CHANGED = (*BASE, "threshold=0.75")
+
+
+@dataclass(frozen=True)
+class MainRun:
+    process: subprocess.CompletedProcess[str]
+    run: Run
+
+    @property
+    def step_run_ids(self) -> dict[str, str]:
+        return {step: self.run.data.tags[f"step.{step}.run_id"] for step in STEPS}
+
+    @property
+    def reused(self) -> dict[str, bool]:
+        return {step: self.run.data.tags[f"step.{step}.reused"] == "true" for step in STEPS}
+
+    def children(self) -> dict[str, Run]:
+        """Entry point -> the child run `main` launched for it (reused steps have none)."""
+        runs = mlflow.search_runs(
+            experiment_ids=[self.run.info.experiment_id],
+            filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{self.run.info.run_id}'",
+            output_format="list",
+        )
+        return {run.data.tags[MLFLOW_PROJECT_ENTRY_POINT]: run for run in runs}
+
+
+def run_main(project: Path, store: str | None, *parameters: str, **options: object) -> MainRun:
+    """`mlflow run <project>` (entry point main) and the main run it made."""
+    process = mlflow_run(project, store, "main", *parameters, **options)
+    use_store(store or sqlite_uri(project / "mlflow.db"))
+    experiment = str(options.get("experiment", E2E_EXPERIMENT))
+    (newest,) = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`{MLFLOW_PROJECT_ENTRY_POINT}` = 'main'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return MainRun(process, newest)
+
+
+def champion_version(name: str) -> str:
+    return str(mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version)
+
+
+@pytest.fixture(scope="module")
+def first(project: Path) -> MainRun:
+    """The first `mlflow run .` in a fresh store: the project's default ./mlflow.db."""
+    assert not (project / "mlflow.db").exists()
+    chained = run_main(project, None, *BASE)
+    assert chained.process.returncode == 0, chained.process.stderr[-5000:]
+    return chained
+
+
+def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
+    first: MainRun, project: Path, tmp_path: Path
+) -> None:
+    children = first.children()
+    assert set(children) == set(STEPS) and not any(first.reused.values())
+    assert {step: run.info.run_id for step, run in children.items()} == first.step_run_ids
+    assert all(run.info.status == "FINISHED" for run in children.values())
+    basic, tuned, review, service = (children[step] for step in STEPS)
+
+    # Run ids and model URIs went from step to step.
+    assert tuned.data.tags[Tag.BASELINE_RUN_ID] == basic.info.run_id
+    assert tuned.data.tags[f"{Tag.UPSTREAM_PREFIX}train_basic"] == basic.info.run_id
+    assert tuned.data.metrics["baseline.roc_auc"] == basic.data.metrics["roc_auc"]
+    better = max((basic, tuned), key=lambda run: run.data.metrics["roc_auc"])
+    assert review.data.params["run_id"] == better.info.run_id
+    assert review.data.tags[Tag.VERDICT] == "passed"
+    champion_uri = f"models:/churn-classifier/{champion_version('churn-classifier')}"
+    assert review.data.tags[Tag.CHAMPION_URI] == champion_uri
+    assert service.data.params["model_uri"] == champion_uri
+    assert service.data.tags[Tag.SOURCE_MODEL_URI] == champion_uri
+    assert service.data.tags[f"{Tag.UPSTREAM_PREFIX}register"] == review.info.run_id
+    versions = mlflow.MlflowClient().get_model_version_by_alias("churn-service", "champion")
+    assert versions.run_id == service.info.run_id
+
+    out = first.process.stdout
+    assert "main: 4 steps, 0 reused" in out
+    assert "serve it: mlflow models serve -m models:/churn-service@champion" in out
+
+    # Served-ready: `mlflow models serve` answers for the champion.
+    row = churn_frame().drop(columns=["customer_id", "churn"]).head(1)
+    body = row.to_json(orient="split", index=False)
+    with served(sqlite_uri(project / "mlflow.db"), "local", tmp_path, SERVICE_URI) as url:
+        status, answer = post(url, f'{{"dataframe_split": {body}}}'.encode(), "application/json")
+    assert status == 200, answer
+    (prediction,) = answer["predictions"]
+    assert 0 <= prediction["probability"] <= 1
+    assert prediction["model_version"] == str(versions.version)
+
+
+def test_a_second_main_reuses_every_step(first: MainRun, project: Path) -> None:
+    again = run_main(project, None, *BASE_RETYPED)
+    assert again.process.returncode == 0, again.process.stderr[-5000:]
+    assert all(again.reused.values())
+    assert again.step_run_ids == first.step_run_ids
+    assert again.children() == {}
+    assert "main: 4 steps, 4 reused" in again.process.stdout
+    assert again.process.stderr.count("same inputs as run") == 4
+
+
+def test_changing_one_parameter_reruns_that_step_and_the_later_ones(
+    first: MainRun, project: Path
+) -> None:
+    changed = run_main(project, None, *CHANGED)
+    assert changed.process.returncode == 0, changed.process.stderr[-5000:]
+    assert changed.reused == {
+        "train_basic": True,
+        "track": True,
+        "register": False,
+        "custom_model": False,
+    }
+    assert set(changed.children()) == {"register", "custom_model"}
+    for step in ("train_basic", "track"):
+        assert changed.step_run_ids[step] == first.step_run_ids[step]
+    review = changed.children()["register"]
+    assert review.data.params["threshold"] == "0.75"
+    assert review.data.tags[Tag.VERDICT] == "already_champion"
+
+
+def test_a_failing_step_fails_main_and_moves_no_alias(first: MainRun, project: Path) -> None:
+    before = champion_version("churn-service")
+    # No conda here: custom_model's isolated check cannot run, so the step fails.
+    failed = run_main(
+        project, None, "n_trials=2", "threshold=0.75", "check_env_manager=conda",
+        extra_env={"MLFLOW_CONDA_HOME": str(project / "no-conda")},
+    )  # fmt: skip
+    assert failed.process.returncode != 0
+    assert failed.run.info.status == "FAILED"
+    error = failed.run.data.tags[Tag.ERROR]
+    assert error.startswith("step custom_model failed (run ")
+    assert "failed to predict in isolated_env_conda" in error
+    assert error in failed.process.stderr
+    assert [run.info.status for run in failed.children().values()] == ["FAILED"]
+    assert champion_version("churn-service") == before
+
+
+@pytest.mark.parametrize(
+    ("parameter", "message"),
+    [
+        ("n_trials=abc", "track: error: argument --n-trials: expected a whole number, got 'abc'"),
+        ("trials=3", "main: error: unrecognized arguments: --trials 3"),
+    ],
+)
+def test_a_bad_parameter_fails_main_before_any_step(
+    first: MainRun, project: Path, parameter: str, message: str
+) -> None:
+    failed = run_main(project, None, parameter)
+    assert failed.process.returncode != 0
+    assert message in failed.process.stderr
+    assert message in failed.run.data.tags[Tag.ERROR]
+    assert failed.children() == {}
+
+
+def test_main_under_uv_against_a_tracking_server(project: Path, tracking_server: str) -> None:
+    # Its own config file (untracked, so the tree stays clean; its bytes are in the key):
+    # other tests register models on this server too.
+    settings = yaml.safe_load(CHURN_CONFIG.read_text())
+    settings["tracking"]["registered_model_name"] = "server-chain-classifier"
+    settings["custom_model"]["registered_model_name"] = "server-chain-service"
+    (project / "config" / "server-chain.yaml").write_text(yaml.safe_dump(settings))
+    options = {"experiment": "main-on-server", "env_manager": "uv"}
+    parameters = ("config=config/server-chain.yaml", *BASE)
+
+    chained = run_main(project, tracking_server, *parameters, **options)
+    assert chained.process.returncode == 0, chained.process.stderr[-5000:]
+    children = chained.children()
+    assert set(children) == set(STEPS)
+    # main ran under uv, and so did every step it launched.
+    assert chained.run.data.tags["mlflow.project.env"] == "uv"
+    assert {run.data.tags["mlflow.project.env"] for run in children.values()} == {"uv"}
+    assert "--env-manager uv -p 5001" in chained.process.stdout
+
+    again = run_main(project, tracking_server, *parameters, **options)
+    assert again.process.returncode == 0, again.process.stderr[-5000:]
+    assert all(again.reused.values()) and again.step_run_ids == chained.step_run_ids
+
+    # Both champions load back over HTTP and agree.
+    pipeline = mlflow.sklearn.load_model("models:/server-chain-classifier@champion")
+    service = mlflow.pyfunc.load_model("models:/server-chain-service@champion")
+    rows = churn_frame().drop(columns=["customer_id", "churn"]).head(3)
+    rows = rows.astype({column: "float64" for column in rows.select_dtypes("number")})
+    answer = service.predict(rows)
+    assert answer["probability"].tolist() == pytest.approx(pipeline.predict_proba(rows)[:, 1])
