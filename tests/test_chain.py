@@ -2,12 +2,13 @@
 
 import dataclasses
 from pathlib import Path
+from types import ModuleType
 
 import mlflow
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
-from steps import main
+from steps import custom_model, main, train_basic
 from tabular_mlops import chain, registry
 from tabular_mlops.chain import ChainContext, StepCall
 from tabular_mlops.cli import ArgumentParser
@@ -212,3 +213,14 @@ def test_a_failed_step_is_reported_with_the_reason_it_recorded(context: ChainCon
         f"step custom_model failed (run {child.info.run_id}): "
         "the model failed to predict in isolated_env_conda"
     )
+
+
+@pytest.mark.parametrize(
+    ("step", "alias"), [(train_basic, "latest"), (custom_model, "V3"), (train_basic, "a b")]
+)
+def test_an_alias_parameter_is_checked_before_any_run(
+    tracking_uri: str, caplog: pytest.LogCaptureFixture, step: ModuleType, alias: str
+) -> None:
+    assert step.main(["--config", str(CHURN_CONFIG), "--alias", alias]) == 1
+    assert f"alias {alias!r} " in caplog.text
+    assert mlflow.search_runs(search_all_experiments=True).empty
