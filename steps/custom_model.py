@@ -110,7 +110,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
             raise
         registry.set_review(name, version.version, "passed")
         registry.move_alias(name, custom.alias, version.version)
-        registry.record_alias(name, custom.alias)
+        registry.record_alias(name, custom.alias, version.version)
     logger.info("serve it: mlflow models serve -m %s", registry.alias_uri(name, custom.alias))
     return CustomModelResult(
         run.info.run_id, info.model_uri, source_uri, version.version, tuned.threshold, metrics

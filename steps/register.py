@@ -75,7 +75,8 @@ def register(
             promotion.log_decision(decision)
             if decision.verdict == promotion.Verdict.FAILED_TO_LOAD:
                 raise PromotionError(decision.reason)
-            registry.record_alias(name, config.require_promotion().champion_alias)
+            champion = config.require_promotion().champion_alias
+            registry.record_alias(name, champion, decision.aliases_after.get(champion))
         versions = registry.versions_table(name)
         listing = versions.to_markdown(index=False, floatfmt=".4f") if len(versions) else "none"
         mlflow.log_text(listing, "registry/versions.md")

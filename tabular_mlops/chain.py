@@ -20,7 +20,11 @@ from typing import Any
 import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import ExecutionException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_PROJECT_ENV,
+)
 
 from tabular_mlops import registry, tracking
 from tabular_mlops.errors import StepFailedError
@@ -28,9 +32,6 @@ from tabular_mlops.tracking import Tag
 
 logger = logging.getLogger(__name__)
 
-# The tag `mlflow run` puts on a run it started with a uv, virtualenv or conda environment;
-# absent under `--env-manager local`.
-_PROJECT_ENV_TAG = "mlflow.project.env"
 LOCAL_ENV_MANAGER = "local"
 
 
@@ -55,10 +56,6 @@ class ChainContext:
     config_sha256: str
     dataset_digest: str
     force: bool = False
-
-    @property
-    def caching(self) -> bool:
-        return self.git_commit is not None and not self.force
 
 
 @dataclass(frozen=True)
@@ -87,12 +84,6 @@ class StepRun:
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
-
-    def tag(self, key: str) -> str:
-        """A tag the step must have set; its absence is a bug of the step, said plainly."""
-        if key not in self.run.data.tags:
-            raise StepFailedError(f"step {self.entry_point} (run {self.run_id}) set no {key!r} tag")
-        return self.run.data.tags[key]
 
 
 def cache_key(call: StepCall, context: ChainContext) -> str | None:
@@ -162,7 +153,7 @@ def run_step(
     """Reuse the step's earlier run when the cache allows, else run it (and key its run)."""
     label = label or call.entry_point
     key = cache_key(call, context)
-    if key is not None and context.caching:
+    if key is not None and not context.force:
         started = time.monotonic()
         if (run := find_reusable(call, key, context.experiment_id)) is not None:
             logger.info("%s: same inputs as run %s (key %s)", label, run.info.run_id, key[:12])
@@ -180,8 +171,9 @@ def run_step(
 
 
 def env_manager_of(run: Run) -> str:
-    """The environment manager `mlflow run` started `run` with."""
-    return run.data.tags.get(_PROJECT_ENV_TAG, LOCAL_ENV_MANAGER)
+    """The environment manager `mlflow run` started `run` with: MLflow tags the run with
+    it for uv, virtualenv and conda, and not at all for local."""
+    return run.data.tags.get(MLFLOW_PROJECT_ENV, LOCAL_ENV_MANAGER)
 
 
 def clean_commit(project_dir: Path) -> str | None:

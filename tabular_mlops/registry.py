@@ -53,15 +53,12 @@ def parse_version_uri(uri: str) -> tuple[str, int]:
     return match["name"], int(match["version"])
 
 
-def record_alias(name: str, alias: str) -> str | None:
-    """Tag the active run with the version `alias` of `name` points at now, the one this
-    run leaves in charge; `main` reuses the run only while the alias stays there."""
-    version = aliases(name).get(alias)
-    if version is None:
-        return None
-    uri = version_uri(name, version)
-    mlflow.set_tags({Tag.CHAMPION_URI: uri, Tag.CHAMPION_ALIAS: alias})
-    return uri
+def record_alias(name: str, alias: str, version: int | None) -> None:
+    """Tag the active run with the version `alias` of `name` points at as it ends (None:
+    no version has it), the one this run leaves in charge; `main` reuses the run only
+    while the alias stays there."""
+    if version is not None:
+        mlflow.set_tags({Tag.CHAMPION_URI: version_uri(name, version), Tag.CHAMPION_ALIAS: alias})
 
 
 def alias_still_at(run: Run) -> bool:

@@ -128,7 +128,7 @@ def test_a_run_is_reused_only_while_its_alias_stays(context: ChainContext) -> No
         def __call__(self, call: StepCall, context: ChainContext) -> str:
             run_id = super().__call__(call, context)
             with mlflow.start_run(run_id=run_id):
-                registry.record_alias("m", "champion")
+                registry.record_alias("m", "champion", registry.aliases("m")["champion"])
             return run_id
 
     launcher = AliasingLauncher()

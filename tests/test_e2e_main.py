@@ -11,7 +11,11 @@ import mlflow
 import pytest
 import yaml
 from mlflow.entities import Run
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_PROJECT_ENV,
+)
 
 from tabular_mlops.tracking import Tag
 from tests.conftest import (
@@ -205,8 +209,8 @@ def test_main_under_uv_against_a_tracking_server(project: Path, tracking_server:
     children = chained.children()
     assert set(children) == set(STEPS)
     # main ran under uv, and so did every step it launched.
-    assert chained.run.data.tags["mlflow.project.env"] == "uv"
-    assert {run.data.tags["mlflow.project.env"] for run in children.values()} == {"uv"}
+    assert chained.run.data.tags[MLFLOW_PROJECT_ENV] == "uv"
+    assert {run.data.tags[MLFLOW_PROJECT_ENV] for run in children.values()} == {"uv"}
     assert "--env-manager uv -p 5001" in chained.process.stdout
 
     again = run_main(project, tracking_server, *parameters, **options)
