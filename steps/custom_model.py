@@ -11,7 +11,13 @@ from pathlib import Path
 import mlflow
 
 from tabular_mlops import data, evaluation, packaging, registry, thresholds, tracking, wrapper
-from tabular_mlops.cli import config_parser, configure_logging, run_with_config, unset_or
+from tabular_mlops.cli import (
+    config_parser,
+    configure_logging,
+    run_with_config,
+    unset_or,
+    whole_number,
+)
 from tabular_mlops.config import ProjectConfig
 from tabular_mlops.errors import PromotionError
 
@@ -25,6 +31,7 @@ OVERRIDES = {
     "alias": "custom_model.alias",
     "objective": "custom_model.decision.objective",
     "check_env_manager": "custom_model.check_env_manager",
+    "max_rows": "custom_model.max_rows",
 }
 
 
@@ -47,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alias", type=text)
     parser.add_argument("--objective", type=text)
     parser.add_argument("--check-env-manager", type=text)
+    parser.add_argument("--max-rows", type=unset_or(whole_number))
     return parser
 
 
@@ -93,7 +101,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
 
         wheel = packaging.build_wheel(custom.package_dir, custom.wheel_dir)
         mlflow.set_tag(tracking.Tag.WHEEL, wheel.name)
-        settings = wrapper.model_config(pipeline, tuned.threshold, custom)
+        settings = wrapper.model_config(tuned.threshold, custom)
         info = wrapper.log_wrapped_model(
             pipeline_dir, settings, custom, wheel, config.tracking.model_name
         )

@@ -255,6 +255,7 @@ class CustomModelConfig(_Section):
     risk_band_cuts: list[float] = [0.3, 0.6]
     risk_band_labels: list[str] = ["low", "medium", "high"]
     top_k: int = Field(3, ge=1)  # reasons returned per row when asked (`explain`)
+    max_rows: int = Field(10_000, ge=1)  # per request; larger ones are refused (HTTP 400)
     package_dir: Path = Path("custom_model")
     wheel_dir: Path = Path("wheels")
     # `mlflow models predict --env-manager` of the isolated-environment check; none skips it.

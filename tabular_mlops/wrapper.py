@@ -24,11 +24,10 @@ import mlflow
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc.scoring_server import predictions_to_json
-from sklearn.pipeline import Pipeline
 
 from tabular_mlops.config import CustomModelConfig
 from tabular_mlops.errors import PromotionError
-from tabular_mlops.pipeline import input_column_of_encoded_features, pip_requirements
+from tabular_mlops.pipeline import pip_requirements
 from tabular_mlops.tracking import INPUT_EXAMPLE_ROWS, Tag
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ print(json.dumps({"package_file": package, "project_modules": leaked}))
 """
 
 
-def model_config(pipeline: Pipeline, threshold: float, custom: CustomModelConfig) -> dict[str, Any]:
+def model_config(threshold: float, custom: CustomModelConfig) -> dict[str, Any]:
     """The settings the wrapper is logged with (keys: tabular_custom_model.Setting)."""
     return {
         "model_name": custom.registered_model_name,
@@ -68,7 +67,7 @@ def model_config(pipeline: Pipeline, threshold: float, custom: CustomModelConfig
         "risk_band_cuts": list(custom.risk_band_cuts),
         "risk_band_labels": list(custom.risk_band_labels),
         "top_k": custom.top_k,
-        "encoded_feature_sources": input_column_of_encoded_features(pipeline),
+        "max_rows": custom.max_rows,
     }
 
 

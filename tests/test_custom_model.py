@@ -109,7 +109,8 @@ def test_logged_model_carries_its_code_wheel_and_pipeline_without_pickle(store: 
     info = mlflow.models.get_model_info(f"models:/{SERVICE}/1")
     assert info.flavors["python_function"]["model_code_path"].endswith("model_code.py")
     assert [column.name for column in info.signature.outputs] == [
-        "probability", "decision", "risk_band", "reasons", "model_name", "model_version",
+        "probability", "decision", "risk_band", "unseen_categories", "reasons", "model_name",
+        "model_version",
     ]  # fmt: skip
     params = {param.name: param.default for param in info.signature.params}
     assert params == {"threshold": store.result.threshold, "explain": False, "top_k": 3}
@@ -119,9 +120,10 @@ def test_checks_are_logged_identical(store: Wrapped) -> None:
     report = mlflow.artifacts.load_dict(f"runs:/{store.result.run_id}/{wrapper.CHECKS_ARTIFACT}")
     assert set(report) == {"in_process", "fresh_process"}
     assert report["fresh_process"] == report["in_process"]
-    rows = report["in_process"]["predictions"]
-    assert len(rows) == 5 and all(len(row["reasons"]) == 3 for row in rows)
-    assert {row["model_version"] for row in rows} == {"1"}
+    answer = report["in_process"]["predictions"]  # columnar: one list per output
+    assert len(answer["probability"]) == 5
+    assert all(len(reasons) == 3 for reasons in answer["reasons"])
+    assert set(answer["model_version"]) == {"1"}
 
 
 # What the model answers
@@ -133,13 +135,16 @@ def test_answers_match_the_pipeline_and_the_settings(store: Wrapped) -> None:
     rows = held_out_rows()
     answer = model.predict(rows)
     probability = pipeline.predict_proba(rows)[:, 1]
-    np.testing.assert_array_equal(answer["probability"].to_numpy(), probability)
+    assert set(answer) == {column.name for column in model.metadata.signature.outputs}
+    assert {len(values) for values in answer.values()} == {len(rows)}
+    np.testing.assert_allclose(answer["probability"], probability, rtol=0, atol=1e-9)
     np.testing.assert_array_equal(answer["decision"], probability >= store.result.threshold)
     expected_band = np.where(
         probability < 0.3, "low", np.where(probability < 0.6, "medium", "high")
     )
     np.testing.assert_array_equal(answer["risk_band"], expected_band)
-    assert answer["reasons"].isna().all()  # not asked
+    assert set(answer["reasons"]) == {None}  # not asked
+    assert set(answer["unseen_categories"]) == {None}
     assert set(answer["model_name"]) == {SERVICE} and set(answer["model_version"]) == {"1"}
 
     strict = model.predict(rows, params={"threshold": 0.9})
@@ -181,11 +186,22 @@ def test_bad_params_are_refused(store: Wrapped, params: dict[str, Any], message:
         model.predict(held_out_rows().head(1), params=params)
 
 
+def test_requests_over_the_row_limit_are_refused(store: Wrapped) -> None:
+    rows = held_out_rows().head(3)
+    logged = mlflow.pyfunc.load_model(f"models:/{SERVICE}/1")
+    assert len(logged.predict(rows)["probability"]) == 3  # the config's limit: 10000
+    # The limit is `custom_model.max_rows`, logged as model_config; loading may override it.
+    strict = mlflow.pyfunc.load_model(f"models:/{SERVICE}/1", model_config={"max_rows": 2})
+    with pytest.raises(MlflowException, match="the request has 3 rows; this model takes at most 2"):
+        strict.predict(rows)
+    assert strict.predict(rows.head(0))["probability"] == []
+
+
 def test_version_is_unknown_when_not_loaded_from_the_registry(store: Wrapped) -> None:
     # By its model id, not by a registered name and version.
     answer = mlflow.pyfunc.load_model(store.result.model_uri).predict(held_out_rows().head(1))
-    assert answer["model_name"].tolist() == [SERVICE]
-    assert answer["model_version"].tolist() == [None]
+    assert answer["model_name"] == [SERVICE]
+    assert answer["model_version"] == [None]
 
 
 # Choosing the pipeline, and checks that fail
@@ -215,7 +231,7 @@ def test_a_model_answering_differently_elsewhere_gets_no_alias(
 ) -> None:
     def tampered(model_dir: Path) -> dict[str, Any]:
         answer = wrapper.predict_in_process(model_dir)
-        answer["predictions"][0]["probability"] += 1e-12
+        answer["predictions"]["probability"][0] += 1e-12
         return answer
 
     monkeypatch.setattr(wrapper, "predict_in_fresh_process", tampered)
@@ -255,14 +271,7 @@ def test_model_config_keys_are_the_package_settings() -> None:
     assert set(wrapper.CHECK_PARAMS) <= {
         value for key, value in vars(tabular_custom_model.Param).items() if key.isupper()
     }
-    fitted = _tiny_fitted_pipeline(config)
-    assert set(wrapper.model_config(fitted, 0.5, config.custom_model)) == settings
-
-
-def _tiny_fitted_pipeline(config: ProjectConfig) -> Any:
-    table = data.load_table(config.data)
-    pipeline = build_pipeline(table.spec, config.model.with_values({"n_estimators": 2}), 0)
-    return pipeline.fit(table.features.head(300), table.target.head(300))
+    assert set(wrapper.model_config(0.5, config.custom_model)) == settings
 
 
 def test_expected_cost_counts_each_outcome() -> None:

@@ -98,5 +98,5 @@ def test_served_answers_match_in_process(
             assert answer == in_process_answer(rows, request_params), kind
 
     explained = in_process_answer(rows, params)["predictions"]
-    assert [len(row["reasons"]) for row in explained] == [2] * len(rows)
-    assert {row["model_version"] for row in explained} == {"1"}
+    assert [len(reasons) for reasons in explained["reasons"]] == [2] * len(rows)
+    assert set(explained["model_version"]) == {"1"}
