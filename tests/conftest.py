@@ -2,12 +2,9 @@ import glob
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from tabular_mlops.serving import background_server, free_port, model_server
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
@@ -100,12 +99,6 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     leave_no_run_behind()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL server on loopback (scripts/test.sh installs PostgreSQL)."""
@@ -134,36 +127,6 @@ def postgres_url() -> Iterator[str]:
     finally:
         subprocess.run([*pg_ctl, "-m", "immediate", "stop"], **run)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@contextmanager
-def background_server(
-    command: list[str],
-    ready_url: str,
-    log_path: Path,
-    timeout: float,
-    env: dict[str, str] | None = None,
-) -> Iterator[None]:
-    """Run `command` until the block ends, once `ready_url` answers; its log goes to
-    `log_path`, and its child processes go down with it."""
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                assert time.monotonic() < deadline, f"{ready_url} did not answer in {timeout} s"
-                try:
-                    with urllib.request.urlopen(ready_url, timeout=5):
-                        break
-                except OSError:
-                    time.sleep(1)
-            yield
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
 
 
 @pytest.fixture(scope="session")
@@ -257,27 +220,23 @@ def served(
     store: str, env_manager: str, env_root: Path, model_uri: str = SERVICE_URI
 ) -> Iterator[str]:
     """`mlflow models serve -m <model_uri>` on a loopback port."""
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
-    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1", "--env-manager", env_manager]
-    environment = os.environ | {
-        "MLFLOW_TRACKING_URI": store,
-        "MLFLOW_ENV_ROOT": str(env_root),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    url = f"http://127.0.0.1:{port}"
+    environment = os.environ | {"MLFLOW_TRACKING_URI": store, "MLFLOW_ENV_ROOT": str(env_root)}
     log = env_root / f"serve-{env_manager}.log"
-    # uv builds the model's environment first.
-    with background_server(command, f"{url}/ping", log, timeout=600, env=environment):
+    with model_server(model_uri, env_manager, log, environment) as url:
         yield url
 
 
-def post(url: str, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+def post(url: str, body: bytes, content_type: str) -> tuple[int, Any]:
+    """POST to /invocations: the status and the JSON answer (or the text, if not JSON)."""
     request = urllib.request.Request(
         f"{url}/invocations", data=body, headers={"Content-Type": content_type}
     )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
+            status, raw = response.status, response.read()
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+        status, raw = error.code, error.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()

@@ -1,0 +1,74 @@
+"""Run a model behind `mlflow models serve` on loopback, for as long as a block lasts
+(used by the end-to-end tests and by `bench/serving.py`)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def background_server(
+    command: list[str],
+    ready_url: str,
+    log_path: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """Run `command` until the block ends, once `ready_url` answers; its log goes to
+    `log_path`, and its child processes go down with it."""
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError(f"{command[:5]} exited: {log_path.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{ready_url} did not answer in {timeout} s")
+                try:
+                    with urllib.request.urlopen(ready_url, timeout=5):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            yield
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+
+
+@contextmanager
+def model_server(
+    model_uri: str,
+    env_manager: str,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,  # uv builds the model's environment first
+) -> Iterator[str]:
+    """`mlflow models serve -m <model_uri>` with one worker on a free loopback port; yields
+    its base URL. `--env-manager local` runs it with this interpreter's packages."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    command += ["-h", LOOPBACK, "-p", str(port), "-w", "1", "--env-manager", env_manager]
+    # `--env-manager local` starts uvicorn from PATH: this interpreter's first.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    environment = (env if env is not None else dict(os.environ)) | {"PATH": path}
+    url = f"http://{LOOPBACK}:{port}"
+    with background_server(command, f"{url}/ping", log_path, timeout, environment):
+        yield url
