@@ -3,6 +3,8 @@ registered model behind `mlflow models serve`, with `--env-manager local` and `u
 
 import io
 import json
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from tests.conftest import (
 )
 
 pytestmark = pytest.mark.e2e
+MAX_ROWS = 50
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,8 @@ def service(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Service:
     store = sqlite_uri(tmp_path_factory.mktemp("service") / "mlflow.db")
     trained = mlflow_run(project, store, "train_basic", "n_estimators=60")
     assert trained.returncode == 0, trained.stderr[-3000:]
-    wrapped = mlflow_run(project, store, "custom_model")  # the pipeline's latest-model
+    # The pipeline's latest-model, with a small row limit to test.
+    wrapped = mlflow_run(project, store, "custom_model", f"max_rows={MAX_ROWS}")
     assert wrapped.returncode == 0, wrapped.stderr[-3000:]
     use_store(store)
     (run,) = mlflow.search_runs(
@@ -50,6 +55,13 @@ def service(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Service:
         output_format="list",
     )
     return Service(store, run)
+
+
+@pytest.fixture(scope="module")
+def local_url(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The registered custom model behind `mlflow models serve --env-manager local`."""
+    with served(service.store, "local", tmp_path_factory.mktemp("serve-local")) as url:
+        yield url
 
 
 def request_rows() -> pd.DataFrame:
@@ -78,20 +90,24 @@ def test_custom_model_is_checked_everywhere_then_aliased(service: Service) -> No
 
 @pytest.mark.parametrize("env_manager", ["local", "uv"])
 def test_served_answers_match_in_process(
-    service: Service, env_manager: str, tmp_path: Path
+    service: Service, env_manager: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     rows = request_rows()
     split = json.loads(rows.to_json(orient="split", index=False))
     records = json.loads(rows.to_json(orient="records"))
     params = {"explain": True, "top_k": 2, "threshold": 0.35}
-    json_type = "application/json"
     payloads = {
-        "dataframe_split": (json.dumps({"dataframe_split": split}), json_type, None),
-        "dataframe_records": (json.dumps({"dataframe_records": records}), json_type, None),
+        "dataframe_split": (json.dumps({"dataframe_split": split}), JSON, None),
+        "dataframe_records": (json.dumps({"dataframe_records": records}), JSON, None),
         "csv": (rows.to_csv(index=False), "text/csv", None),
-        "params": (json.dumps({"dataframe_split": split, "params": params}), json_type, params),
+        "params": (json.dumps({"dataframe_split": split, "params": params}), JSON, params),
     }
-    with served(service.store, env_manager, tmp_path) as url:
+    server = (
+        nullcontext(request.getfixturevalue("local_url"))
+        if env_manager == "local"
+        else served(service.store, env_manager, tmp_path)
+    )
+    with server as url:
         for kind, (body, content_type, request_params) in payloads.items():
             status, answer = post(url, body.encode(), content_type)
             assert status == 200, (kind, answer)
@@ -100,3 +116,74 @@ def test_served_answers_match_in_process(
     explained = in_process_answer(rows, params)["predictions"]
     assert [len(reasons) for reasons in explained["reasons"]] == [2] * len(rows)
     assert set(explained["model_version"]) == {"1"}
+
+
+def split_body(rows: pd.DataFrame, **more: Any) -> bytes:
+    split = json.loads(rows.to_json(orient="split", index=False))
+    return json.dumps({"dataframe_split": split, **more}).encode()
+
+
+def bad_requests() -> dict[str, tuple[bytes, str, int, str]]:
+    """Each: body, content type, expected status, what the message must say."""
+    rows = request_rows().head(2)
+    text_in_number = rows.astype({"tenure": object}).assign(tenure=["abc", 5])
+    return {
+        "missing column": (
+            split_body(rows.drop(columns="tenure")), JSON, 400, "Model is missing inputs ['tenure']"
+        ),
+        "text in a numeric column": (
+            split_body(text_in_number), JSON, 400, "could not convert string to float: 'abc'"
+        ),
+        "empty body": (b"", JSON, 400, "Ensure that input is a valid JSON formatted string"),
+        "malformed JSON": (
+            b'{"dataframe_split": {"columns": [', JSON, 400, "valid JSON formatted string"
+        ),
+        "{}": (b"{}", JSON, 400, "The input must be a JSON dictionary with exactly one of"),
+        "wrong content type": (split_body(rows), "text/plain", 415, "Got 'text/plain'"),
+        "threshold: high": (
+            split_body(rows, params={"threshold": "high"}), JSON, 400,
+            "Failed to validate type and shape for 'threshold'",
+        ),
+        "threshold: 1.5": (
+            split_body(rows, params={"threshold": 1.5}), JSON, 400,
+            "params.threshold must be between 0 and 1, got 1.5",
+        ),
+        "over the row limit": (
+            split_body(pd.concat([rows] * MAX_ROWS, ignore_index=True)), JSON, 400,
+            f"the request has {2 * MAX_ROWS} rows; this model takes at most {MAX_ROWS}",
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(bad_requests()))
+def test_bad_requests_get_a_4xx_naming_the_problem(local_url: str, case: str) -> None:
+    body, content_type, status, message = bad_requests()[case]
+    got, answer = post(local_url, body, content_type)
+    assert got == status, answer
+    assert message in (answer if isinstance(answer, str) else answer["message"])
+    # The server keeps answering.
+    ok, answer = post(local_url, split_body(request_rows().head(1)), JSON)
+    assert ok == 200, answer
+
+
+def test_nulls_unseen_categories_and_extra_columns_are_answered(
+    service: Service, local_url: str
+) -> None:
+    rows = request_rows().head(3).reset_index(drop=True)
+    unusual = rows.copy()
+    unusual.loc[0, :] = None  # every input missing: scored the way training treated gaps
+    unusual.loc[1, ["contract", "payment_method"]] = ["Weekly", "Barter"]
+    unusual["not_a_feature"] = "ignored"
+    status, answer = post(local_url, split_body(unusual), JSON)
+    assert status == 200, answer
+    got = answer["predictions"]
+    assert got["unseen_categories"] == [None, ["contract", "payment_method"], None]
+    # Exactly what the pipeline gives the same rows (nulls as NaN; unseen as all-zero).
+    use_store(service.store)
+    pipeline = mlflow.sklearn.load_model(service.run.data.tags[Tag.SOURCE_MODEL_URI])
+    expected = unusual.drop(columns="not_a_feature").astype(
+        {column: "float64" for column in rows.select_dtypes("number")}
+    )
+    np.testing.assert_allclose(
+        got["probability"], pipeline.predict_proba(expected)[:, 1], rtol=0, atol=1e-9
+    )
