@@ -104,6 +104,10 @@ def in_process(models: Models, rows: pd.DataFrame, big: pd.DataFrame, rounds: in
     stock = mlflow.pyfunc.load_model(models.pipeline_uri)
     custom = mlflow.pyfunc.load_model(models.custom_uri)
     wrapper = custom.unwrap_python_model()
+    # The model's own copy of its package, importable once it is loaded (from its code/).
+    from tabular_custom_model.encoding import FeatureEncoder
+
+    encoder = FeatureEncoder.from_pipeline(pipeline)  # the wrapper's first step, alone
     booster = pipeline.steps[-1][1].booster_
     singles = [rows.iloc[[i]] for i in range(len(rows))]
     encoded = [pipeline[:-1].transform(row) for row in singles]
@@ -122,7 +126,7 @@ def in_process(models: Models, rows: pd.DataFrame, big: pd.DataFrame, rounds: in
             "stock": lambda i: stock.predict(singles[i % len(singles)]),
             "custom": lambda i: wrapper.predict(None, singles[i % len(singles)]),
             "custom_pyfunc": lambda i: custom.predict(singles[i % len(singles)]),
-            "encode": lambda i: wrapper._encoder.encode(singles[i % len(singles)]),
+            "encode": lambda i: encoder.encode(singles[i % len(singles)]),
             "booster": lambda i: booster.predict(encoded[i % len(singles)]),
         },
         rounds,
@@ -133,7 +137,7 @@ def in_process(models: Models, rows: pd.DataFrame, big: pd.DataFrame, rounds: in
             "stock": lambda i: stock.predict(big),
             "custom": lambda i: wrapper.predict(None, big),
             "custom_pyfunc": lambda i: custom.predict(big),
-            "encode": lambda i: wrapper._encoder.encode(big),
+            "encode": lambda i: encoder.encode(big),
             "booster": lambda i: booster.predict(encoded_big),
         },
         max(5, rounds // 40),

@@ -74,7 +74,7 @@ def test_encodes_and_predicts_exactly_as_the_pipeline(fitted: Fitted, batch: int
 
 def test_the_mixed_table_has_a_null_category_and_the_churn_one_has_none(fitted: Fitted) -> None:
     # Both branches of null handling are covered: a learned `__missing__` category, or none.
-    null_codes = {column.null_code >= 0 for column in fitted.encoder._categorical}
+    null_codes = {column.null_code >= 0 for column in fitted.encoder.categorical_columns}
     assert null_codes == ({True, False} if "region" in fitted.rows else {False})
 
 
@@ -82,7 +82,7 @@ def test_the_mixed_table_has_a_null_category_and_the_churn_one_has_none(fitted: 
 def test_unseen_categories_are_flagged_per_row_and_encoded_as_the_pipeline_does(
     fitted: Fitted, copies: int
 ) -> None:
-    columns = [column.name for column in fitted.encoder._categorical]
+    columns = [column.name for column in fitted.encoder.categorical_columns]
     rows = fitted.rows.head(3).copy()
     rows.loc[0, columns[0]] = "never-seen"
     rows.loc[2, columns] = "never-seen"
@@ -102,7 +102,7 @@ def test_extra_columns_and_column_order_do_not_matter(fitted: Fitted) -> None:
 
 
 def test_missing_columns_and_text_in_numeric_columns_are_refused(fitted: Fitted) -> None:
-    numeric = next(iter(fitted.encoder._numeric))
+    numeric = fitted.encoder.numeric_columns[0]
     with pytest.raises(MlflowException, match=rf"missing input columns: \['{numeric}'\]"):
         fitted.encoder.encode(fitted.rows.drop(columns=[numeric]))
     wrong = fitted.rows.head(2).astype({numeric: object})
@@ -123,7 +123,7 @@ def test_sources_name_each_encoded_column_input(fitted: Fitted) -> None:
 
 
 def test_other_preprocessing_is_refused(fitted: Fitted) -> None:
-    numeric = list(fitted.encoder._numeric)
+    numeric = fitted.encoder.numeric_columns
     scaled = Pipeline(
         [
             ("preprocess", ColumnTransformer([("scaled", StandardScaler(), numeric)])),

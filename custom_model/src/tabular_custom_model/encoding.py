@@ -84,6 +84,14 @@ class FeatureEncoder:
         return cls(numeric, categorical, width)
 
     @property
+    def numeric_columns(self) -> list[str]:
+        return list(self._numeric)
+
+    @property
+    def categorical_columns(self) -> list[CategoricalColumn]:
+        return list(self._categorical)
+
+    @property
     def input_columns(self) -> list[str]:
         return [*self._numeric, *(column.name for column in self._categorical)]
 
