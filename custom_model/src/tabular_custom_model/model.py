@@ -156,7 +156,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
                 ColSpec("double", Output.PROBABILITY),
                 ColSpec("boolean", Output.DECISION),
                 ColSpec("string", Output.RISK_BAND),
-                ColSpec(Array("string"), Output.UNSEEN_CATEGORIES),
+                ColSpec(Array("string"), Output.UNSEEN_CATEGORIES, required=False),  # if any
                 ColSpec(Array(reason), Output.REASONS, required=False),  # when explain
                 ColSpec("string", Output.MODEL_NAME),
                 ColSpec("string", Output.MODEL_VERSION, required=False),  # when registered
