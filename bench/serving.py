@@ -109,8 +109,9 @@ def in_process(models: Models, rows: pd.DataFrame, big: pd.DataFrame, rounds: in
 
     encoder = FeatureEncoder.from_pipeline(pipeline)  # the wrapper's first step, alone
     booster = pipeline.steps[-1][1].booster_
-    singles = [rows.iloc[[i]] for i in range(len(rows))]
-    encoded = [pipeline[:-1].transform(row) for row in singles]
+    singles = [rows.iloc[[i]] for i in range(min(len(rows), rounds))]
+    encoded = pipeline[:-1].transform(rows.head(len(singles)))  # once, not row by row
+    encoded_singles = [encoded[[i]] for i in range(len(singles))]
     encoded_big = pipeline[:-1].transform(big)
     names = {
         "pipeline": "(a) sklearn pipeline predict_proba",
@@ -127,7 +128,7 @@ def in_process(models: Models, rows: pd.DataFrame, big: pd.DataFrame, rounds: in
             "custom": lambda i: wrapper.predict(None, singles[i % len(singles)]),
             "custom_pyfunc": lambda i: custom.predict(singles[i % len(singles)]),
             "encode": lambda i: encoder.encode(singles[i % len(singles)]),
-            "booster": lambda i: booster.predict(encoded[i % len(singles)]),
+            "booster": lambda i: booster.predict(encoded_singles[i % len(singles)]),
         },
         rounds,
     )

@@ -51,6 +51,7 @@ class FeatureEncoder:
         self._numeric = numeric  # input column -> its column in the encoded matrix
         self._categorical = categorical
         self.width = width
+        self.input_columns = [*numeric, *(column.name for column in categorical)]
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> "FeatureEncoder":
@@ -89,10 +90,6 @@ class FeatureEncoder:
     @property
     def categorical_columns(self) -> list[CategoricalColumn]:
         return list(self._categorical)
-
-    @property
-    def input_columns(self) -> list[str]:
-        return [*self._numeric, *(column.name for column in self._categorical)]
 
     def encoded_column_sources(self) -> list[str]:
         """For each encoded column, the input column it comes from."""
