@@ -71,10 +71,13 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
         study = tuning.tune(config, table.spec, parts.X_train, parts.y_train, run.info.run_id)
         best = tuning.log_best_trial(study)
 
-        # The best trial's settings, refit on the whole training split, watched on the test
-        # split iteration by iteration.
-        best_model = config.model.with_values(best.params)
-        pipeline = build_pipeline(table.spec, best_model, seed=config.split.seed)
+        # The best trial's settings, with the trees its folds kept, refit on the whole
+        # training split and watched on the test split iteration by iteration.
+        best_model = config.model.with_values(
+            best.params | {"n_estimators": tuning.refit_trees(best)}
+        )
+        threads = config.compute.resolved_threads()
+        pipeline = build_pipeline(table.spec, best_model, config.split.seed, threads)
         curves = fit_with_learning_curve(
             pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test
         )

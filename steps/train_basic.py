@@ -71,7 +71,8 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         parts = data.split(table, config.split)
         logger.info("train %d rows, test %d rows", len(parts.y_train), len(parts.y_test))
 
-        pipeline = build_pipeline(table.spec, config.model, seed=config.split.seed)
+        threads = config.compute.resolved_threads()
+        pipeline = build_pipeline(table.spec, config.model, config.split.seed, threads)
         pipeline.fit(parts.X_train, parts.y_train)
         model_info = tracking.log_pipeline(pipeline, parts.X_train, config.tracking)
 

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from tabular_mlops.errors import ConfigError
+from tabular_mlops.resources import available_cores
 
 DEFAULT_CONFIG_PATH = Path("config/churn.yaml")
 
@@ -155,6 +156,16 @@ class TuningConfig(_Section):
     timeout_seconds: float | None = Field(None, gt=0)
     n_jobs: int = Field(1, ge=1)  # trials run in parallel threads (1: reproducible)
     cv_folds: int = Field(5, ge=2, le=20)
+    # Within a fold, LightGBM stops adding trees once its log loss on a part of the fold's
+    # training rows (`early_stopping_fraction`) has not improved for this many trees;
+    # `n_estimators` is the ceiling. None: every fold trains `n_estimators` trees.
+    early_stopping_rounds: int | None = Field(50, ge=1)
+    early_stopping_fraction: float = Field(0.1, gt=0, lt=0.5)
+    # After each fold, a trial whose running CV ROC AUC cannot win stops ("pruned"):
+    # median: below the median of earlier trials after as many folds; top_quartile: below
+    # their top quarter; none: every trial runs every fold.
+    pruner: Literal["median", "top_quartile", "none"] = "median"
+    pruner_startup_trials: int = Field(5, ge=0)  # trials that are never pruned, first
     # Optuna RDB URL (postgresql://...) shared by several `track` processes; None: in memory.
     storage: str | None = None
     study_name: str = Field("churn-lightgbm", min_length=1)
@@ -274,6 +285,17 @@ class CustomModelConfig(_Section):
         return self
 
 
+class ComputeConfig(_Section):
+    """CPU use of every entry point (see tabular_mlops.resources)."""
+
+    # Threads a step may use; None: the cores this process may run on (its CPU affinity,
+    # capped by a cgroup CPU quota). model.params.n_jobs sets LightGBM's per model.
+    threads: int | None = Field(None, ge=1)
+
+    def resolved_threads(self) -> int:
+        return self.threads or available_cores()
+
+
 class ProjectConfig(_Section):
     data: DataConfig
     split: SplitConfig = SplitConfig()
@@ -282,6 +304,7 @@ class ProjectConfig(_Section):
     tracking: TrackingConfig
     promotion: PromotionConfig | None = None  # needed by the `register` entry point only
     custom_model: CustomModelConfig | None = None  # needed by `custom_model` only
+    compute: ComputeConfig = ComputeConfig()
 
     @model_validator(mode="after")
     def _aliases_are_distinct(self) -> "ProjectConfig":

@@ -37,7 +37,20 @@ SKOPS_TRUSTED_TYPES = [
 MODEL_REQUIREMENTS = ["mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "skops"]
 
 
-def build_pipeline(features: FeatureSpec, model: ModelConfig, seed: int) -> Pipeline:
+def build_pipeline(features: FeatureSpec, model: ModelConfig, seed: int, threads: int) -> Pipeline:
+    """Preprocessing and LightGBM; `threads` is LightGBM's thread count unless
+    `model.params` sets one (see tabular_mlops.resources)."""
+    return Pipeline(
+        [
+            ("preprocess", build_preprocessing(features)),
+            ("classifier", build_classifier(model, seed, threads)),
+        ]
+    )
+
+
+def build_preprocessing(features: FeatureSpec) -> ColumnTransformer:
+    """The pipeline's first step. Its fit depends on the rows only, never on LightGBM's
+    parameters, so tuning fits it once per fold for every trial."""
     # Missing categories arrive as NaN from files and as None from JSON requests; the
     # NaN imputer must come first (the None one rejects NaN input).
     categorical = Pipeline(
@@ -52,7 +65,7 @@ def build_pipeline(features: FeatureSpec, model: ModelConfig, seed: int) -> Pipe
             ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]
     )
-    preprocess = ColumnTransformer(
+    return ColumnTransformer(
         [
             # LightGBM treats NaN in numeric columns as missing natively.
             ("numeric", "passthrough", list(features.numeric)),
@@ -60,15 +73,31 @@ def build_pipeline(features: FeatureSpec, model: ModelConfig, seed: int) -> Pipe
         ],
         verbose_feature_names_out=False,
     )
-    classifier = LGBMClassifier(
+
+
+def build_classifier(model: ModelConfig, seed: int, threads: int) -> LGBMClassifier:
+    """The pipeline's last step, on `threads` threads unless `model.params` sets a count."""
+    thread_setting = {} if configured_threads(model) is not None else {"n_jobs": threads}
+    return LGBMClassifier(
         n_estimators=model.n_estimators,
         learning_rate=model.learning_rate,
         num_leaves=model.num_leaves,
         random_state=seed,
         verbose=-1,
+        **thread_setting,
         **model.params,
     )
-    return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
+
+
+def configured_threads(model: ModelConfig) -> int | None:
+    """The thread count `model.params` sets (`n_jobs` or any LightGBM alias of
+    `num_threads`), or None when it sets none or a non-positive one (LightGBM's own
+    default: all cores)."""
+    for name in _thread_param_names():
+        if name in model.params:
+            value = model.params[name]
+            return value if isinstance(value, int) and value > 0 else None
+    return None
 
 
 def fit_with_learning_curve(
@@ -128,6 +157,13 @@ def feature_importance(pipeline: Pipeline) -> pd.DataFrame:
 def unknown_lightgbm_params(params: dict[str, object]) -> list[str]:
     """Names LightGBM would not recognise (it only warns about them)."""
     return sorted(name for name in params if name not in _lightgbm_param_names())
+
+
+@cache
+def _thread_param_names() -> tuple[str, ...]:
+    from lightgbm.basic import _ConfigAliases
+
+    return ("n_jobs", *sorted(_ConfigAliases.get("num_threads")))
 
 
 @cache

@@ -283,7 +283,9 @@ def test_expected_cost_counts_each_outcome() -> None:
 def test_costlier_misses_lower_the_threshold() -> None:
     config = config_for()
     table = data.load_table(config.data)
-    pipeline = build_pipeline(table.spec, config.model.with_values({"n_estimators": 40}), 0)
+    pipeline = build_pipeline(
+        table.spec, config.model.with_values({"n_estimators": 40}), 0, threads=1
+    )
     X, y = table.features.head(3000), table.target.head(3000)
 
     def tuned(fp: float, fn: float) -> float:

@@ -28,7 +28,7 @@ def fitted_on(config_path: str, overrides: dict[str, str]) -> Fitted:
     config = load_config(config_path, overrides)
     table = data.load_table(config.data)
     parts = data.split(table, config.split)
-    pipeline = build_pipeline(table.spec, config.model, config.split.seed)
+    pipeline = build_pipeline(table.spec, config.model, config.split.seed, threads=1)
     pipeline.fit(parts.X_train, parts.y_train)
     rows = parts.X_test.reset_index(drop=True)
     # Nulls as files (NaN) and JSON requests (None) bring them, in every column.

@@ -31,7 +31,9 @@ def churn_split(churn_table: LabeledTable) -> Split:
 
 
 def fit(table: LabeledTable, parts: Split) -> Pipeline:
-    return build_pipeline(table.spec, FAST_MODEL, seed=42).fit(parts.X_train, parts.y_train)
+    return build_pipeline(table.spec, FAST_MODEL, seed=42, threads=1).fit(
+        parts.X_train, parts.y_train
+    )
 
 
 @pytest.fixture(scope="module")

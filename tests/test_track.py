@@ -15,7 +15,15 @@ import yaml
 
 from steps import track
 from tabular_mlops.tracking import Tag
-from tabular_mlops.tuning import OBJECTIVE, STUDY_TAG, TRIAL_TAG
+from tabular_mlops.tuning import (
+    BEST_ITERATION,
+    FOLDS_COMPLETED,
+    OBJECTIVE,
+    REFIT_TREES_PARAM,
+    STUDY_TAG,
+    TRIAL_STATE_TAG,
+    TRIAL_TAG,
+)
 from tests.conftest import PROJECT_DIR, churn_frame, churn_settings, write_config
 
 SMALL_SPACE = {
@@ -26,13 +34,17 @@ SMALL_SPACE = {
 }
 
 
-def small_config(tmp_path: Path, **tuning: Any) -> Path:
+CV_METRICS = {f"cv_{m}_{s}" for m in ("roc_auc", "pr_auc", "log_loss") for s in ("mean", "std")}
+
+
+def small_config(tmp_path: Path, compute: dict[str, Any] | None = None, **tuning: Any) -> Path:
     churn_frame().sample(1500, random_state=0).to_csv(tmp_path / "churn.csv", index=False)
     return write_config(
         tmp_path / "track.yaml",
         churn_settings(),
         data={"path": str(tmp_path / "churn.csv")},
         tuning={"n_trials": 4, "cv_folds": 3, "search_space": SMALL_SPACE} | tuning,
+        compute=compute or {},
     )
 
 
@@ -53,11 +65,13 @@ def test_track_logs_nested_trials_the_best_model_and_a_report(
 
     for trial in trials:
         assert trial.info.status == "FINISHED"
+        assert trial.data.tags[TRIAL_STATE_TAG] == "COMPLETE"  # 4 trials: none pruned yet
         assert set(trial.data.params) == set(SMALL_SPACE)
-        assert {
-            f"cv_{m}_{s}" for m in ("roc_auc", "pr_auc", "log_loss") for s in ("mean", "std")
-        } == set(trial.data.metrics)
+        assert set(trial.data.metrics) == CV_METRICS | {BEST_ITERATION, FOLDS_COMPLETED}
+        assert trial.data.metrics[FOLDS_COMPLETED] == 3
         assert trial.data.metrics["cv_log_loss_mean"] > 0
+        # Early stopping: n_estimators is the ceiling of every fold.
+        assert 1 <= trial.data.metrics[BEST_ITERATION] <= int(trial.data.params["n_estimators"])
         for tag in (Tag.ENTRY_POINT, Tag.GIT_DIRTY, Tag.DATASET_DIGEST):
             assert trial.data.tags.get(tag) == parent.data.tags.get(tag)
         assert trial.data.tags[STUDY_TAG].startswith("churn-lightgbm-")
@@ -69,13 +83,16 @@ def test_track_logs_nested_trials_the_best_model_and_a_report(
     assert {name: params[f"best.{name}"] for name in SMALL_SPACE} == best.data.params
     metrics = parent.data.metrics
     assert metrics[f"best_{OBJECTIVE}"] == best.data.metrics[OBJECTIVE]
-    assert metrics["trials_completed"] == 4
+    assert metrics["trials_completed"] == 4 and metrics["trials_pruned"] == 0
     assert {"roc_auc", "log_loss", "brier_score_loss"} <= set(metrics)  # test split, refit
 
+    # The refit model has the trees the best trial's folds kept, on average.
+    trees = int(params[REFIT_TREES_PARAM])
+    assert trees == max(1, round(best.data.metrics[BEST_ITERATION]))
     history = mlflow.MlflowClient().get_metric_history(
         parent.info.run_id, "learning_curve_test_auc"
     )
-    assert [point.step for point in history] == list(range(1, int(params["best.n_estimators"]) + 1))
+    assert [point.step for point in history] == list(range(1, trees + 1))
 
     board = pd.read_csv(
         mlflow.artifacts.download_artifacts(
@@ -89,13 +106,13 @@ def test_track_logs_nested_trials_the_best_model_and_a_report(
         item.path for item in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "tuning")
     }
     assert {"tuning/leaderboard.md", "tuning/optimization_history.png"} <= artifacts
-    assert "tuning/param_importances.png" in artifacts
+    assert {"tuning/param_importances.png", "tuning/intermediate_values.png"} <= artifacts
 
     out = capsys.readouterr().out
     assert "Top 4 trials of churn-lightgbm-" in out
     assert out.count(best.info.run_id) == 1
     model = mlflow.sklearn.load_model(parent.data.tags[Tag.MODEL_URI])
-    assert model.named_steps["classifier"].n_estimators == int(params["best.n_estimators"])
+    assert model.named_steps["classifier"].n_estimators == trees
     experiment = mlflow.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.note.content"].startswith("Customer-churn classifier")
     assert experiment.tags["project"] == "tabular-mlops"
@@ -116,6 +133,76 @@ def test_same_config_picks_the_same_best_params(tracking_uri: str, tmp_path: Pat
     ]
     assert len(bests) == 2 and bests[0] == bests[1]
     assert parents[0].data.metrics["roc_auc"] == parents[1].data.metrics["roc_auc"]
+
+
+def test_trials_that_cannot_win_are_pruned_and_left_off_the_leaderboard(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    # A wide learning-rate range makes some trials clearly worse after their first fold.
+    space = SMALL_SPACE | {
+        "learning_rate": {"type": "float", "low": 0.001, "high": 0.5, "log": True}
+    }
+    config = small_config(
+        tmp_path, n_trials=12, cv_folds=4, pruner_startup_trials=2, search_space=space
+    )
+    assert track.main(["--config", str(config)]) == 0
+    parent, trials = parent_and_trials()
+    assert len(trials) == 12 and {run.info.status for run in trials} == {"FINISHED"}
+    pruned = [run for run in trials if run.data.tags[TRIAL_STATE_TAG] == "PRUNED"]
+    complete = [run for run in trials if run.data.tags[TRIAL_STATE_TAG] == "COMPLETE"]
+    assert pruned and len(pruned) + len(complete) == 12
+    assert all(run.data.metrics[FOLDS_COMPLETED] < 4 for run in pruned)
+    assert all(run.data.metrics[FOLDS_COMPLETED] == 4 for run in complete)
+    assert parent.data.metrics["trials_pruned"] == len(pruned)
+    assert parent.data.metrics["trials_completed"] == len(complete)
+    board = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=parent.info.run_id, artifact_path="tuning/leaderboard.csv"
+        )
+    )
+    assert set(board["run_id"]) == {run.info.run_id for run in complete}
+    assert parent.data.params["best.mlflow_run_id"] in set(board["run_id"])
+
+
+def test_without_early_stopping_every_fold_grows_n_estimators_trees(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    config = small_config(tmp_path, early_stopping_rounds=None, pruner="none")
+    assert track.main(["--config", str(config)]) == 0
+    parent, trials = parent_and_trials()
+    for trial in trials:
+        assert trial.data.metrics[BEST_ITERATION] == int(trial.data.params["n_estimators"])
+    assert parent.data.params[REFIT_TREES_PARAM] == parent.data.params["best.n_estimators"]
+
+
+def test_folds_in_parallel_give_the_results_of_folds_one_by_one(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    results = []
+    for threads in (1, 2):
+        config = small_config(tmp_path, compute={"threads": threads}, n_trials=6)
+        config = config.rename(tmp_path / f"threads-{threads}.yaml")
+        assert track.main(["--config", str(config)]) == 0
+        parents = mlflow.search_runs(
+            experiment_names=["churn"],
+            filter_string="tags.mlflow.parentRunId IS NULL",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
+        parent = parents[0]
+        assert parent.data.params["compute.threads"] == str(threads)
+        results.append(
+            (
+                {
+                    k: v
+                    for k, v in parent.data.params.items()
+                    if k.startswith(("best.", "refit.")) and not k.endswith("run_id")
+                },
+                {k: v for k, v in parent.data.metrics.items() if k.startswith("best_")},
+            )
+        )
+    assert results[0] == results[1]
 
 
 @pytest.mark.parametrize(
@@ -209,4 +296,5 @@ def test_timeout_stops_starting_trials(tracking_uri: str, tmp_path: Path) -> Non
     assert track.main(["--config", config, "--timeout", "2"]) == 0
     parent, trials = parent_and_trials()
     assert 1 <= len(trials) < 500
-    assert parent.data.metrics["trials_completed"] == len(trials)
+    metrics = parent.data.metrics
+    assert metrics["trials_completed"] + metrics["trials_pruned"] == len(trials)
