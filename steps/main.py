@@ -81,7 +81,7 @@ def run_chain(config: ProjectConfig, args: argparse.Namespace) -> MainResult:
             env_manager=chain.env_manager_of(mlflow.get_run(run.info.run_id)),
             git_commit=chain.clean_commit(PROJECT_DIR),
             config_sha256=chain.file_sha256(Path(args.config)),
-            dataset_digest=tracking.as_mlflow_dataset(table).digest,
+            dataset_digest=table.digest,
             force=args.force,
         )
         steps: list[StepRun] = []

@@ -1,8 +1,10 @@
 """Read a CSV/Parquet table, check it can train a binary classifier, and split it."""
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,16 @@ class LabeledTable:
     ids: pd.DataFrame
     spec: FeatureSpec
     positive_label: Any
+
+    @cached_property
+    def digest(self) -> str:
+        """8 hex digits that identify the labelled rows as read: every row (MLflow's own
+        dataset digest reads the first 10,000), the column names and their types."""
+        md5 = hashlib.md5(usedforsecurity=False)
+        md5.update(pd.util.hash_pandas_object(self.raw, index=False).to_numpy().tobytes())
+        for name, dtype in self.raw.dtypes.items():
+            md5.update(f"{name}:{dtype}\0".encode())
+        return md5.hexdigest()[:8]
 
 
 @dataclass(frozen=True)

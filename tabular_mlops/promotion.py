@@ -86,7 +86,7 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     holdout = data.load_holdout(training, config.data, config.split, promotion.holdout_path)
     tracking.log_dataset(holdout.table, context="holdout")
     # What a run must have trained on for these rows to be held out from it.
-    trained_on = _training_fingerprint(config, tracking.as_mlflow_dataset(training).digest)
+    trained_on = _training_fingerprint(config, training.digest)
 
     candidate = given or _best_candidate(promotion, name, trained_on, holdout.is_test_split)
     if holdout.is_test_split and (mismatch := _mismatch(candidate.run, trained_on)):

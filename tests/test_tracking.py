@@ -1,11 +1,24 @@
+import json
 import logging
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
+from mlflow.data.digest_utils import compute_pandas_digest
+from mlflow.types.utils import _infer_schema
 
-from tabular_mlops.config import load_config
-from tabular_mlops.tracking import Tag, git_tags, project_run
-from tests.conftest import CHURN_CONFIG
+from tabular_mlops.config import DataConfig, load_config
+from tabular_mlops.data import LabeledTable, prepare
+from tabular_mlops.tracking import (
+    Tag,
+    git_tags,
+    log_dataset,
+    project_run,
+    quiet_integer_schema_hint,
+    sampled_schema,
+)
+from tests.conftest import CHURN_CONFIG, CHURN_CSV, churn_frame
 
 
 def test_resumes_the_run_mlflow_run_opened_and_warns_about_its_experiment(
@@ -34,3 +47,43 @@ def test_own_run_goes_to_the_config_experiment_and_fails_with_the_reason(
 def test_no_git_tags_outside_a_repository(tracking_uri: str) -> None:
     # tracking_uri's working directory is a fresh temporary directory, not a repository.
     assert git_tags() == {}
+
+
+def labeled(frame: pd.DataFrame) -> LabeledTable:
+    return prepare(frame, DataConfig(path=CHURN_CSV, target="churn", positive_label="Yes"))
+
+
+def test_the_dataset_digest_covers_every_row_and_the_column_types() -> None:
+    frame = pd.concat([churn_frame()] * 3, ignore_index=True)  # 21,129 rows
+    digest = labeled(frame).digest
+    assert digest == labeled(frame.copy()).digest and len(digest) == 8
+    late = frame.copy()
+    late.loc[20_000, "tenure"] += 1  # past the 10,000 rows MLflow's own digest reads
+    assert labeled(late).digest != digest
+    assert compute_pandas_digest(late) == compute_pandas_digest(frame)  # why we have our own
+    retyped = frame.astype({"tenure": "float64"})
+    assert labeled(retyped).digest != digest
+
+
+def test_the_dataset_schema_is_mlflows_read_from_a_sample() -> None:
+    frame = pd.concat([churn_frame()] * 2, ignore_index=True)
+    frame["late_gap"] = 1.0
+    frame.loc[len(frame) - 1, "late_gap"] = np.nan  # missing only past the sample
+    schema = sampled_schema(frame)
+    with quiet_integer_schema_hint():
+        assert schema == _infer_schema(frame)
+    spec = {column.name: column for column in schema.inputs}
+    assert not spec["late_gap"].required and spec["tenure"].required
+
+
+def test_the_logged_dataset_has_the_tables_digest_schema_and_size(tracking_uri: str) -> None:
+    table = labeled(churn_frame())
+    with mlflow.start_run() as run:
+        assert log_dataset(table) == table.digest
+    (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.digest == table.digest
+    assert json.loads(logged.dataset.profile)["num_rows"] == len(churn_frame())
+    with quiet_integer_schema_hint():
+        expected = _infer_schema(table.raw).to_dict()
+    assert json.loads(logged.dataset.schema)["mlflow_colspec"] == expected
+    assert mlflow.get_run(run.info.run_id).data.tags[Tag.DATASET_DIGEST] == table.digest
