@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import tabular_custom_model
 from mlflow.exceptions import MlflowException
+from sklearn.metrics import confusion_matrix
 
 from steps import custom_model, register, train_basic
 from tabular_mlops import data, packaging, registry, wrapper
@@ -278,6 +279,16 @@ def test_expected_cost_counts_each_outcome() -> None:
     costs = CostMatrix(false_positive=1, false_negative=5, true_positive=0.5, true_negative=0)
     y_true, y_pred = np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0])
     assert expected_cost(y_true, y_pred, costs) == (0.5 + 5 + 1 + 0) / 4
+
+
+def test_expected_cost_agrees_with_sklearns_confusion_matrix() -> None:
+    costs = CostMatrix(false_positive=1.5, false_negative=5, true_positive=0.25, true_negative=0.1)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y_true, y_pred = rng.integers(0, 2, 500), rng.integers(0, 2, 500)
+        tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
+        cost = tn * 0.1 + fp * 1.5 + fn * 5 + tp * 0.25
+        assert expected_cost(y_true, y_pred, costs) == pytest.approx(cost / 500, rel=1e-12)
 
 
 def test_costlier_misses_lower_the_threshold() -> None:

@@ -149,7 +149,9 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             for row, columns in zip(per_input, top, strict=True)
         ]
 
-    def output_schema(self) -> Schema:
+    @staticmethod
+    def output_schema() -> Schema:
+        """What `predict` answers, for the logged signature."""
         reason = Object([Property("feature", "string"), Property("contribution", "double")])
         return Schema(
             [
@@ -163,12 +165,15 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
             ]
         )
 
-    def params_schema(self) -> ParamSchema:
+    @staticmethod
+    def params_schema(settings: dict[str, Any]) -> ParamSchema:
+        """The request parameters `predict` takes, with the defaults of the model logged
+        with `settings` (its `model_config`), for the logged signature."""
         return ParamSchema(
             [
-                ParamSpec(Param.THRESHOLD, "double", self._threshold),
+                ParamSpec(Param.THRESHOLD, "double", float(settings[Setting.THRESHOLD])),
                 ParamSpec(Param.EXPLAIN, "boolean", False),
-                ParamSpec(Param.TOP_K, "long", self._top_k),
+                ParamSpec(Param.TOP_K, "long", int(settings[Setting.TOP_K])),
             ]
         )
 
