@@ -1,5 +1,6 @@
 """Entry point `main`: the whole lifecycle, train_basic -> track -> register -> custom_model,
-each a child run launched with `mlflow.run`. A step whose inputs did not change since an
+each a child run: run in this process under `--env-manager local`, launched with
+`mlflow.run` in its own environment otherwise. A step whose inputs did not change since an
 earlier run is reused instead (see tabular_mlops.chain); `--force true` reruns them all."""
 
 import argparse
@@ -25,6 +26,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 STEPS: dict[str, ModuleType] = {
     module.ENTRY_POINT: module for module in (train_basic, track, register, custom_model)
 }
+STEP_MAINS = {module.__name__: module.main for module in STEPS.values()}
 # The parameters of `main` each step receives (besides `config`, and what `main` passes
 # from step to step: track's baseline_run_id, register's run_id, custom_model's model_uri).
 ROUTES: dict[str, tuple[str, ...]] = {
@@ -84,11 +86,12 @@ def run_chain(config: ProjectConfig, args: argparse.Namespace) -> MainResult:
             dataset_digest=table.digest,
             force=args.force,
         )
+        launcher = chain.launcher_for(context.env_manager, STEP_MAINS)
         steps: list[StepRun] = []
 
         def run_step(call: StepCall) -> StepRun:
             position = f"[{len(steps) + 1}/{len(STEPS)}] {call.entry_point}"
-            done = chain.run_step(call, context, label=position)
+            done = chain.run_step(call, context, launcher, label=position)
             how = "reused run" if done.reused else f"ran in {done.seconds:.1f} s: run"
             logger.info("%s: %s %s", position, how, done.run_id)
             steps.append(done)

@@ -87,7 +87,8 @@ def project_run(
     """
     tracking_uri = configure_tracking()
     if MLFLOW_RUN_ID.defined:
-        run = mlflow.start_run()
+        # Nested: `main` runs its steps in its own process under the local env manager.
+        run = mlflow.start_run(nested=mlflow.active_run() is not None)
         experiment = mlflow.get_experiment(run.info.experiment_id).name
         if experiment != config.tracking.experiment_name:
             logger.warning(
