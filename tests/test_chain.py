@@ -1,6 +1,7 @@
 """`main`'s step cache and parameter checks, in process, with a stand-in for `mlflow.run`."""
 
 import dataclasses
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -9,10 +10,11 @@ import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
 from steps import custom_model, main, train_basic
-from tabular_mlops import chain, registry
+from tabular_mlops import chain, cli, registry, tracking
 from tabular_mlops.chain import ChainContext, StepCall
 from tabular_mlops.cli import ArgumentParser
-from tabular_mlops.config import PromotionConfig
+from tabular_mlops.config import PromotionConfig, load_config
+from tabular_mlops.errors import StepFailedError
 from tabular_mlops.tracking import Tag
 from tests.conftest import CHURN_CONFIG
 
@@ -223,3 +225,92 @@ def test_an_alias_parameter_is_checked_before_any_run(
     assert step.main(["--config", str(CHURN_CONFIG), "--alias", alias]) == 1
     assert f"alias {alias!r} " in caplog.text
     assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+STAND_IN_PROJECT = """name: stand-in
+entry_points:
+  step:
+    parameters:
+      size: {type: float, default: ""}
+    command: python -m stand_in.step --size {size}
+  elsewhere:
+    command: bash -c true
+"""
+
+
+@pytest.fixture
+def stand_in_project(context: ChainContext) -> ChainContext:
+    project_dir = context.project_dir / "project"  # not the working directory
+    project_dir.mkdir()
+    (project_dir / "MLproject").write_text(STAND_IN_PROJECT)
+    return dataclasses.replace(context, project_dir=project_dir)
+
+
+def run_in_process(
+    context: ChainContext, step_main: object, entry_point: str = "step", **parameters: object
+) -> str:
+    launcher = chain.in_process_launcher({"stand_in.step": step_main})
+    with mlflow.start_run(experiment_id=context.experiment_id) as parent:
+        os.environ["MLFLOW_RUN_ID"] = "left-as-it-was"  # the step's own value is restored
+        run_id = launcher(StepCall(entry_point, parameters), context)
+        assert os.environ.pop("MLFLOW_RUN_ID") == "left-as-it-was"
+    assert mlflow.get_run(run_id).data.tags[MLFLOW_PARENT_RUN_ID] == parent.info.run_id
+    return run_id
+
+
+def test_a_step_runs_in_process_as_mlflow_run_would_start_it(
+    stand_in_project: ChainContext,
+) -> None:
+    seen = {}
+
+    def step_main(argv: list[str]) -> int:
+        seen.update(argv=argv, cwd=Path.cwd(), run_id=os.environ["MLFLOW_RUN_ID"])
+        with tracking.project_run(load_config(CHURN_CONFIG), "step") as run:
+            mlflow.log_metric("size", float(argv[1]))
+            seen["logged_to"] = run.info.run_id
+        return 0
+
+    run_id = run_in_process(stand_in_project, step_main, size=5)
+    run = mlflow.get_run(run_id)
+    assert seen == {
+        "argv": ["--size", "5"],
+        "cwd": stand_in_project.project_dir,
+        "run_id": run_id,
+        "logged_to": run_id,
+    }
+    assert run.info.status == "FINISHED" and run.data.metrics["size"] == 5
+    assert run.data.params == {"size": "5"}
+    assert run.data.tags[MLFLOW_PROJECT_ENTRY_POINT] == "step"
+    assert run.data.tags["mlflow.source.type"] == "PROJECT"
+    assert Path.cwd() == stand_in_project.project_dir.parent  # restored
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        ("exit", "parameter refused"),
+        ("raise", "it recorded no reason"),
+    ],
+)
+def test_a_failing_step_in_process_fails_its_run_with_the_reason(
+    stand_in_project: ChainContext, outcome: str, reason: str
+) -> None:
+    def step_main(argv: list[str]) -> int:
+        if outcome == "exit":
+            cli.record_failure("parameter refused")
+            raise SystemExit(2)
+        raise RuntimeError("a bug")
+
+    with pytest.raises(StepFailedError, match=reason):
+        run_in_process(stand_in_project, step_main, size=1)
+    (run,) = mlflow.search_runs(
+        experiment_ids=[stand_in_project.experiment_id],
+        filter_string=f"tags.`{MLFLOW_PROJECT_ENTRY_POINT}` = 'step'",
+        output_format="list",
+    )
+    assert run.info.status == "FAILED"
+
+
+def test_a_command_that_is_not_a_step_module_is_refused(stand_in_project: ChainContext) -> None:
+    with pytest.raises(StepFailedError, match="cannot run 'bash -c true' in process"):
+        run_in_process(stand_in_project, lambda argv: 0, entry_point="elsewhere")

@@ -11,6 +11,7 @@ import mlflow
 import pytest
 import yaml
 from mlflow.entities import Run
+from mlflow.projects.utils import load_project
 from mlflow.utils.mlflow_tags import (
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_PROJECT_ENTRY_POINT,
@@ -99,6 +100,13 @@ def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
     assert set(children) == set(STEPS) and not any(first.reused.values())
     assert {step: run.info.run_id for step, run in children.items()} == first.step_run_ids
     assert all(run.info.status == "FINISHED" for run in children.values())
+    # Run inside main's process (--env-manager local), each step's run is what `mlflow run`
+    # makes: a project run with every MLproject parameter of its entry point.
+    spec = load_project(str(project))
+    for step, run in children.items():
+        assert run.data.tags["mlflow.source.type"] == "PROJECT"
+        assert run.data.tags["mlflow.source.git.commit"] == first.run.data.tags[Tag.GIT_COMMIT]
+        assert set(spec.get_entry_point(step).parameters) <= set(run.data.params)
     basic, tuned, review, service = (children[step] for step in STEPS)
 
     # Run ids and model URIs went from step to step.
