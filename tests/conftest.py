@@ -186,8 +186,8 @@ def mlflow_run(
 ) -> subprocess.CompletedProcess[str]:
     """`mlflow run` as a user types it; `local` uses this venv (and its `uv`). With
     `tracking_uri` None, MLflow's default applies: ./mlflow.db in the project."""
-    env = os.environ | {
-        "MLFLOW_ENV_ROOT": str(project.parent / "mlflow-envs"),
+    env = users_environment() | {
+        "MLFLOW_ENV_ROOT": str(session_env_root(project)),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
@@ -201,6 +201,19 @@ def mlflow_run(
     return subprocess.run(
         command, cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
+
+
+def users_environment() -> dict[str, str]:
+    """This environment as a user's shell has it. PYTHONDONTWRITEBYTECODE (set on some CI
+    machines) is dropped: uv installs environments without bytecode, so with it every
+    process in a uv environment would compile each module it imports, every time (about
+    10 s a process)."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+
+
+def session_env_root(project: Path) -> Path:
+    """MLFLOW_ENV_ROOT of the whole test session: each environment is built once."""
+    return project.parent / "mlflow-envs"
 
 
 def sqlite_uri(path: Path) -> str:
@@ -217,11 +230,14 @@ def use_store(tracking_uri: str) -> mlflow.MlflowClient:
 
 @contextmanager
 def served(
-    store: str, env_manager: str, env_root: Path, model_uri: str = SERVICE_URI
+    store: str, env_manager: str, env_root: Path, log_dir: Path, model_uri: str = SERVICE_URI
 ) -> Iterator[str]:
     """`mlflow models serve -m <model_uri>` on a loopback port."""
-    environment = os.environ | {"MLFLOW_TRACKING_URI": store, "MLFLOW_ENV_ROOT": str(env_root)}
-    log = env_root / f"serve-{env_manager}.log"
+    environment = users_environment() | {
+        "MLFLOW_TRACKING_URI": store,
+        "MLFLOW_ENV_ROOT": str(env_root),
+    }
+    log = log_dir / f"serve-{env_manager}.log"
     with model_server(model_uri, env_manager, log, environment) as url:
         yield url
 

@@ -169,6 +169,14 @@ def test_a_bad_parameter_fails_main_before_any_step(
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
+def test_an_unknown_parameter_of_main_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # What `mlflow run . -P trials=3` passes on (MLflow appends unknown parameters).
+    with pytest.raises(SystemExit) as exit_:
+        main.parse_args(["--trials", "3"])
+    assert exit_.value.code == 2
+    assert "main: error: unrecognized arguments: --trials 3" in capsys.readouterr().err
+
+
 def test_a_parameter_error_is_recorded_on_the_run_mlflow_opened(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

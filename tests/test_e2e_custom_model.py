@@ -25,6 +25,7 @@ from tests.conftest import (
     mlflow_run,
     post,
     served,
+    session_env_root,
     sqlite_uri,
     use_store,
 )
@@ -58,9 +59,12 @@ def service(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Service:
 
 
 @pytest.fixture(scope="module")
-def local_url(service: Service, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def local_url(
+    service: Service, project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The registered custom model behind `mlflow models serve --env-manager local`."""
-    with served(service.store, "local", tmp_path_factory.mktemp("serve-local")) as url:
+    logs = tmp_path_factory.mktemp("serve-local")
+    with served(service.store, "local", session_env_root(project), logs) as url:
         yield url
 
 
@@ -90,7 +94,11 @@ def test_custom_model_is_checked_everywhere_then_aliased(service: Service) -> No
 
 @pytest.mark.parametrize("env_manager", ["local", "uv"])
 def test_served_answers_match_in_process(
-    service: Service, env_manager: str, tmp_path: Path, request: pytest.FixtureRequest
+    service: Service,
+    env_manager: str,
+    project: Path,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     rows = request_rows()
     split = json.loads(rows.to_json(orient="split", index=False))
@@ -105,7 +113,8 @@ def test_served_answers_match_in_process(
     server = (
         nullcontext(request.getfixturevalue("local_url"))
         if env_manager == "local"
-        else served(service.store, env_manager, tmp_path)
+        # The environment custom_model's isolated check built: one per session.
+        else served(service.store, env_manager, session_env_root(project), tmp_path)
     )
     with server as url:
         for kind, (body, content_type, request_params) in payloads.items():
