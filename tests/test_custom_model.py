@@ -31,6 +31,9 @@ from tests.conftest import (
 
 SERVICE = "churn-service"
 
+# Runs the step for real (trains, logs, registers): not in the fast loop.
+TRAINS = pytest.mark.e2e
+
 
 def config_for(overrides: dict[str, Any] | None = None) -> ProjectConfig:
     """The shipped config with absolute paths; no isolated-env check (the e2e tests run it)."""
@@ -78,6 +81,7 @@ def held_out_rows() -> pd.DataFrame:
 # What gets logged and registered
 
 
+@TRAINS
 def test_wraps_the_fallback_alias_and_registers_with_champion(store: Wrapped) -> None:
     result = store.result
     # No `champion` on the pipeline yet: its `latest-model` version was wrapped.
@@ -93,6 +97,7 @@ def test_wraps_the_fallback_alias_and_registers_with_champion(store: Wrapped) ->
     assert run.data.metrics["expected_cost"] < run.data.metrics["positive_rate"]
 
 
+@TRAINS
 def test_logged_model_carries_its_code_wheel_and_pipeline_without_pickle(store: Wrapped) -> None:
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{SERVICE}/1"))
     code = sorted(path.name for path in (model_dir / "code").iterdir())
@@ -117,6 +122,7 @@ def test_logged_model_carries_its_code_wheel_and_pipeline_without_pickle(store: 
     assert params == {"threshold": store.result.threshold, "explain": False, "top_k": 3}
 
 
+@TRAINS
 def test_checks_are_logged_identical(store: Wrapped) -> None:
     report = mlflow.artifacts.load_dict(f"runs:/{store.result.run_id}/{wrapper.CHECKS_ARTIFACT}")
     assert set(report) == {"in_process", "fresh_process"}
@@ -130,6 +136,7 @@ def test_checks_are_logged_identical(store: Wrapped) -> None:
 # What the model answers
 
 
+@TRAINS
 def test_answers_match_the_pipeline_and_the_settings(store: Wrapped) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{SERVICE}@champion")
     pipeline = mlflow.sklearn.load_model(store.result.source_uri)
@@ -152,6 +159,7 @@ def test_answers_match_the_pipeline_and_the_settings(store: Wrapped) -> None:
     np.testing.assert_array_equal(strict["decision"], probability >= 0.9)
 
 
+@TRAINS
 def test_reasons_are_input_columns_with_signed_contributions(store: Wrapped) -> None:
     model = mlflow.pyfunc.load_model(f"models:/{SERVICE}/1")
     pipeline = mlflow.sklearn.load_model(store.result.source_uri)
@@ -174,6 +182,7 @@ def test_reasons_are_input_columns_with_signed_contributions(store: Wrapped) -> 
     assert [len(reasons) for reasons in top["reasons"]] == [2, 2]
 
 
+@TRAINS
 @pytest.mark.parametrize(
     ("params", "message"),
     [
@@ -187,6 +196,7 @@ def test_bad_params_are_refused(store: Wrapped, params: dict[str, Any], message:
         model.predict(held_out_rows().head(1), params=params)
 
 
+@TRAINS
 def test_requests_over_the_row_limit_are_refused(store: Wrapped) -> None:
     rows = held_out_rows().head(3)
     logged = mlflow.pyfunc.load_model(f"models:/{SERVICE}/1")
@@ -198,6 +208,7 @@ def test_requests_over_the_row_limit_are_refused(store: Wrapped) -> None:
     assert strict.predict(rows.head(0))["probability"] == []
 
 
+@TRAINS
 def test_version_is_unknown_when_not_loaded_from_the_registry(store: Wrapped) -> None:
     # By its model id, not by a registered name and version.
     answer = mlflow.pyfunc.load_model(store.result.model_uri).predict(held_out_rows().head(1))
@@ -208,6 +219,7 @@ def test_version_is_unknown_when_not_loaded_from_the_registry(store: Wrapped) ->
 # Choosing the pipeline, and checks that fail
 
 
+@TRAINS
 def test_a_wrapper_run_is_never_a_register_candidate(store: Wrapped) -> None:
     # Same experiment, data and split, a logged model and even the best ROC AUC (its
     # metric is the pipeline's; raised here): still not a pipeline.
@@ -218,6 +230,7 @@ def test_a_wrapper_run_is_never_a_register_candidate(store: Wrapped) -> None:
     assert mlflow.get_run(store.result.run_id).data.tags[Tag.MODEL_TYPE] == "pyfunc-wrapper"
 
 
+@TRAINS
 def test_champion_is_preferred_and_a_missing_alias_is_a_clear_error(store: Wrapped) -> None:
     client = mlflow.MlflowClient()
     client.set_registered_model_alias("trainer", "champion", str(store.trained.registered_version))
@@ -227,6 +240,7 @@ def test_champion_is_preferred_and_a_missing_alias_is_a_clear_error(store: Wrapp
         registry.first_alias_version_uri("nothing", ["champion", "latest-model"])
 
 
+@TRAINS
 def test_a_model_answering_differently_elsewhere_gets_no_alias(
     store: Wrapped, monkeypatch: pytest.MonkeyPatch
 ) -> None:

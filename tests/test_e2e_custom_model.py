@@ -23,10 +23,10 @@ from tests.conftest import (
     CHURN_CSV,
     SERVICE_URI,
     mlflow_run,
+    new_store,
     post,
     served,
     session_env_root,
-    sqlite_uri,
     use_store,
 )
 
@@ -43,7 +43,7 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Service:
-    store = sqlite_uri(tmp_path_factory.mktemp("service") / "mlflow.db")
+    store = new_store(tmp_path_factory.mktemp("service"))
     trained = mlflow_run(project, store, "train_basic", "n_estimators=60")
     assert trained.returncode == 0, trained.stderr[-3000:]
     # The pipeline's latest-model, with a small row limit to test.

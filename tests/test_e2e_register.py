@@ -7,7 +7,7 @@ import mlflow
 import pytest
 
 from tabular_mlops.tracking import Tag
-from tests.conftest import E2E_EXPERIMENT, mlflow_run, sqlite_uri, use_store
+from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +25,7 @@ def register_runs(experiment: str = E2E_EXPERIMENT) -> list[mlflow.entities.Run]
 
 
 def test_register_promotes_then_reuses_and_lists(project: Path, tmp_path: Path) -> None:
-    store = sqlite_uri(tmp_path / "mlflow.db")
+    store = new_store(tmp_path)
     trained = mlflow_run(project, store, "train_basic", "n_estimators=60")
     assert trained.returncode == 0, trained.stderr[-3000:]
     first = mlflow_run(project, store, "register")

@@ -6,7 +6,7 @@ import mlflow
 import pytest
 
 from tabular_mlops.tracking import Tag
-from tests.conftest import E2E_EXPERIMENT, mlflow_run, sqlite_uri, use_store
+from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ def runs_of(entry_point: str) -> list[mlflow.entities.Run]:
 
 
 def test_twenty_nested_trials_beat_the_untuned_model(project: Path, tmp_path: Path) -> None:
-    store = sqlite_uri(tmp_path / "mlflow.db")
+    store = new_store(tmp_path)
     untuned = mlflow_run(project, store, "train_basic")
     assert untuned.returncode == 0, untuned.stderr[-3000:]
     tuned = mlflow_run(project, store, "track", "n_trials=20")
@@ -41,7 +41,7 @@ def test_twenty_nested_trials_beat_the_untuned_model(project: Path, tmp_path: Pa
 
 
 def test_bad_tuning_parameter_fails_the_run_before_any_trial(project: Path, tmp_path: Path) -> None:
-    store = sqlite_uri(tmp_path / "mlflow.db")
+    store = new_store(tmp_path)
     result = mlflow_run(project, store, "track", "n_trials=0")
     assert result.returncode != 0
     assert "tuning.n_trials: Input should be greater than or equal to 1" in result.stderr

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tabular_mlops.tracking import Tag
-from tests.conftest import E2E_EXPERIMENT, mlflow_run, sqlite_uri, use_store
+from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def only_run() -> mlflow.entities.Run:
 
 
 def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
-    store = sqlite_uri(tmp_path / "mlflow.db")
+    store = new_store(tmp_path)
     result = mlflow_run(project, store, ENTRY_POINT)
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(store)
@@ -108,7 +108,7 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
 
 def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path) -> None:
     # conda.yaml converted by `--env-manager uv`: the environment README documents.
-    store = sqlite_uri(tmp_path / "mlflow.db")
+    store = new_store(tmp_path)
     result = mlflow_run(project, store, ENTRY_POINT, "n_estimators=50", env_manager="uv")
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(store)
@@ -136,7 +136,7 @@ def test_train_basic_against_a_tracking_server(project: Path, tracking_server: s
 def shared_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One store for the failing runs, each in its own experiment: no store is created
     per case (about 2 s each)."""
-    return sqlite_uri(tmp_path_factory.mktemp("failures") / "mlflow.db")
+    return new_store(tmp_path_factory.mktemp("failures"))
 
 
 # One case per kind of refusal; every case is also a unit test (tests/test_train_basic.py).

@@ -22,6 +22,9 @@ from tests.conftest import CHURN_CONFIG, CHURN_CSV, leave_no_run_behind, point_m
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 LOW_BAR = {"promotion.threshold": 0.7}  # lets the weak model through, on its own
 
+# Runs the step for real (trains, logs, registers): not in the fast loop.
+TRAINS = pytest.mark.e2e
+
 
 def config_for(name: str, overrides: dict[str, Any] | None = None) -> ProjectConfig:
     """The shipped config registering into `name` (a fresh registered model per test)."""
@@ -85,6 +88,7 @@ def decision_record(run_id: str) -> dict[str, Any]:
 # Promotion
 
 
+@TRAINS
 def test_first_model_is_judged_by_the_threshold_alone(store: Trained) -> None:
     result = register.register(config_for("first"), run_id=store.strong)
     decision = result.decision
@@ -116,6 +120,7 @@ def test_first_model_is_judged_by_the_threshold_alone(store: Trained) -> None:
     assert [child.data.tags[Tag.ROLE] for child in children] == ["challenger"]
 
 
+@TRAINS
 def test_first_model_below_the_threshold_is_not_champion(store: Trained) -> None:
     decision = register.register(config_for("low"), run_id=store.weak).decision
     assert decision.verdict == Verdict.REJECTED
@@ -124,6 +129,7 @@ def test_first_model_below_the_threshold_is_not_champion(store: Trained) -> None
     assert review_of("low", 1) == Verdict.REJECTED
 
 
+@TRAINS
 def test_better_challenger_is_promoted_and_the_old_champion_kept(store: Trained) -> None:
     config = config_for("better", LOW_BAR)
     register.register(config, run_id=store.weak)
@@ -137,6 +143,7 @@ def test_better_challenger_is_promoted_and_the_old_champion_kept(store: Trained)
     assert aliases("better") == {CHAMPION: 2, CHALLENGER: 2, PREVIOUS: 1}
 
 
+@TRAINS
 def test_worse_challenger_is_rejected_and_the_champion_untouched(store: Trained) -> None:
     config = config_for("worse", LOW_BAR)
     register.register(config, run_id=store.strong)
@@ -153,6 +160,7 @@ def test_worse_challenger_is_rejected_and_the_champion_untouched(store: Trained)
     assert run.data.metrics["champion.roc_auc"] > run.data.metrics["challenger.roc_auc"]
 
 
+@TRAINS
 def test_registering_a_run_twice_reuses_its_version(store: Trained) -> None:
     config = config_for("twice")
     for _ in range(2):  # rejected (below the threshold) both times
@@ -167,6 +175,7 @@ def test_registering_a_run_twice_reuses_its_version(store: Trained) -> None:
     assert aliases("twice") == {CHAMPION: 2, CHALLENGER: 2}
 
 
+@TRAINS
 def test_a_version_train_basic_registered_is_reused(store: Trained) -> None:
     # train_basic registered every run it made as a version of "trainer".
     (registered,) = mlflow.MlflowClient().search_model_versions(
@@ -182,6 +191,7 @@ def test_a_version_train_basic_registered_is_reused(store: Trained) -> None:
 # Dry run and rollback
 
 
+@TRAINS
 def test_dry_run_reports_and_changes_nothing(store: Trained) -> None:
     # Nothing registered yet: the candidate is evaluated from its run, and not registered.
     first = register.register(config_for("dry"), run_id=store.strong, dry_run=True).decision
@@ -198,6 +208,7 @@ def test_dry_run_reports_and_changes_nothing(store: Trained) -> None:
     assert decision_record(result.run_id)["dry_run"] is True
 
 
+@TRAINS
 def test_rollback_moves_the_champion_back(store: Trained) -> None:
     config = config_for("rollback", LOW_BAR)
     register.register(config, run_id=store.weak)
@@ -225,6 +236,7 @@ def test_rollback_moves_the_champion_back(store: Trained) -> None:
 # A model that cannot serve, and bad input
 
 
+@TRAINS
 def test_challenger_that_fails_to_load_never_gets_an_alias(
     store: Trained, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -253,12 +265,14 @@ def test_challenger_that_fails_to_load_never_gets_an_alias(
     assert caplog.records[-1].getMessage() == run.data.tags[Tag.ERROR]
 
 
+@TRAINS
 def test_without_run_id_the_best_run_of_the_experiment_is_reviewed(store: Trained) -> None:
     decision = register.register(config_for("search")).decision
     assert decision.candidate_run_id == store.strong
     assert decision.selected_by == "best roc_auc"
 
 
+@TRAINS
 def test_runs_trained_on_another_split_are_not_candidates(store: Trained) -> None:
     config = config_for("split", {"split.seed": 7})
     with pytest.raises(PromotionError, match=r"no finished run in experiment .* this data"):
@@ -267,11 +281,13 @@ def test_runs_trained_on_another_split_are_not_candidates(store: Trained) -> Non
         register.register(config, run_id=store.strong)
 
 
+@TRAINS
 def test_unknown_run_is_a_clear_error(store: Trained) -> None:
     with pytest.raises(PromotionError, match="run 'nope' not found in sqlite:"):
         register.register(config_for("unknown"), run_id="nope")
 
 
+@TRAINS
 def test_list_prints_versions_with_aliases_and_metrics(
     store: Trained, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -14,6 +14,9 @@ from steps import train_basic
 from tabular_mlops.tracking import Tag
 from tests.conftest import churn_frame, churn_settings, mixed_table, write_config
 
+# Runs the step for real (trains, logs, registers): not in the fast loop.
+TRAINS = pytest.mark.e2e
+
 
 def runs_of(experiment: str) -> list[mlflow.entities.Run]:
     return mlflow.search_runs(experiment_names=[experiment], output_format="list")
@@ -55,6 +58,7 @@ def test_bad_parameter_exits_2_with_one_line(
 # Another table, by config alone
 
 
+@TRAINS
 def test_trains_and_registers_a_parquet_table_with_inferred_features(
     tracking_uri: str, tmp_path: Path
 ) -> None:
@@ -94,6 +98,7 @@ def test_trains_and_registers_a_parquet_table_with_inferred_features(
     assert len(sample) == 20 and sample["probability"].between(0, 1).all()
 
 
+@TRAINS
 def test_parameters_override_the_config(tracking_uri: str, tmp_path: Path) -> None:
     frame = churn_frame().sample(1000, random_state=1)
     frame.to_csv(tmp_path / "churn.csv", index=False)
