@@ -4,7 +4,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
     ".pq": pd.read_parquet,
 }
 
+# Tables kept by load_table: the training table and a holdout.
+_TABLES_KEPT = 2
 # An inferred categorical column with this many distinct values, mostly unique, is
 # probably an identifier or free text: worth a warning.
 _ID_LIKE_MIN_DISTINCT = 50
@@ -81,7 +83,24 @@ class Split:
 
 
 def load_table(config: DataConfig) -> LabeledTable:
-    """Read the configured file and validate it; every problem is a one-line DataError."""
+    """Read the configured file and validate it; every problem is a one-line DataError.
+
+    A table this process read and checked before with the same settings, its file
+    unchanged since (path, size, modification time), is reused: `main` and the steps it
+    runs in its own process read and check it once. Do not modify what it returns.
+    """
+    try:
+        stat = config.path.stat()
+    except OSError:
+        return prepare(read_table(config.path), config)  # read_table says what is wrong
+    return _load_unchanged(
+        str(config.path.resolve()), stat.st_mtime_ns, stat.st_size, config.model_dump_json()
+    )
+
+
+@lru_cache(maxsize=_TABLES_KEPT)
+def _load_unchanged(path: str, mtime_ns: int, size: int, config_json: str) -> LabeledTable:
+    config = DataConfig.model_validate_json(config_json)
     return prepare(read_table(config.path), config)
 
 

@@ -5,11 +5,6 @@ precision, recall, accuracy) and the plots (ROC, PR, confusion matrix, calibrati
 this module adds what it lacks: the Brier score and a feature-importance chart.
 """
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI
-
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import pandas as pd
@@ -19,6 +14,7 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from tabular_mlops.pipeline import feature_importance
+from tabular_mlops.plots import pyplot
 from tabular_mlops.tracking import Tag, quiet_integer_schema_hint
 
 LABEL_COLUMN = "__label__"
@@ -85,6 +81,7 @@ def probability_metrics(y: pd.Series, probabilities: np.ndarray) -> dict[str, fl
 
 
 def log_feature_importance(pipeline: Pipeline) -> pd.DataFrame:
+    plt = pyplot()
     importance = feature_importance(pipeline)
     mlflow.log_text(importance.to_csv(index=False), "feature_importance/gain_share.csv")
     top = importance.head(_TOP_FEATURES_PLOTTED).iloc[::-1]

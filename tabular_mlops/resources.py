@@ -2,9 +2,9 @@
 
 LightGBM runs on OpenMP. By default it takes every core and its threads spin while they
 wait for one another. On a machine shared with another busy job, a spinning thread burns
-the time slice that the thread it waits for needs: training then slows by an order of
-magnitude. On 2 cores, with another OpenMP job running, a 100k-row fit on 2 threads took
-35x its idle time (bench/lifecycle.py measures it). So:
+the time slice that the thread it waits for needs. On 2 cores beside another OpenMP job,
+a 100k-row fit on 2 threads took 3.5-3.8x its idle time with OpenMP's default wait
+policy, 1.9-2.3x with the passive one (`python -m bench.lifecycle --sections openmp`). So:
 
 - OpenMP threads sleep while they wait (`OMP_WAIT_POLICY=PASSIVE`) unless the environment
   says otherwise. OpenMP reads this once, when it loads, so `tabular_mlops/__init__.py`

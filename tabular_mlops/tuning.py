@@ -25,24 +25,18 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on servers and CI
-
 import lightgbm
-import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import optuna
 import pandas as pd
 import sqlalchemy.exc
 from lightgbm import LGBMClassifier
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.base import clone
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
@@ -51,6 +45,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from tabular_mlops.config import ProjectConfig, SearchDimension, TuningConfig
 from tabular_mlops.data import FeatureSpec
 from tabular_mlops.pipeline import build_classifier, build_preprocessing, configured_threads
+from tabular_mlops.plots import pyplot
 from tabular_mlops.resources import TuningThreads, plan_tuning_threads
 from tabular_mlops.tracking import Tag
 
@@ -220,9 +215,10 @@ class CrossValidation:
                     return TrialScore(summarize(scores), pruned=True)
             return TrialScore(summarize(scores), pruned=False)
         finally:
+            # A fold already fitting goes on in the pool: the next trial's folds queue
+            # behind it, so the cores stay busy and no more than `workers` fits run at once.
             for future in running:
                 future.cancel()
-            wait_for(running)  # a fold already fitting finishes before the next trial
 
 
 def summarize(scores: list[FoldScore]) -> dict[str, float]:
@@ -303,8 +299,8 @@ def tune(
             run.info.run_id,
             metrics=[Metric(name, value, now, 0) for name, value in result.metrics.items()],
             params=[Param(name, str(value)) for name, value in params.items()],
+            tags=[RunTag(TRIAL_STATE_TAG, state.name)],
         )
-        client.set_tag(run.info.run_id, TRIAL_STATE_TAG, state.name)
         client.set_terminated(run.info.run_id)
         for name, value in result.metrics.items():
             trial.set_user_attr(name, value)
@@ -468,6 +464,7 @@ def log_report(study: optuna.Study, board: pd.DataFrame) -> str:
 
 
 def _log_study_plots(study: optuna.Study) -> None:
+    plt = pyplot()
     from optuna.visualization import matplotlib as optuna_plots
 
     plots = {

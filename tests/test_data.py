@@ -207,3 +207,18 @@ def test_shipped_csv_is_the_documented_file() -> None:
 
     digest = hashlib.sha256(CHURN_CSV.read_bytes()).hexdigest()
     assert digest in (CHURN_CSV.parent / "README.md").read_text()
+
+
+def test_a_table_read_before_is_reused_until_its_file_changes(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    mixed_table().to_csv(path, index=False)
+    config = DataConfig(path=path, target="label", id_columns=["id"])
+    first = load_table(config)
+    assert load_table(config) is first  # read and checked once
+    assert load_table(config.model_copy(update={"min_rows": 20})) is not first  # other settings
+    mixed_table(rows=150).to_csv(path, index=False)
+    changed = load_table(config)
+    assert changed is not first and len(changed.features) == 150
+    path.unlink()
+    with pytest.raises(DataError, match="data file not found"):
+        load_table(config)
