@@ -1,14 +1,17 @@
 """CPU threads: how many this process may use, and OpenMP settings that share cores.
 
-LightGBM runs on OpenMP. By default it takes every core and its threads spin while they
-wait for one another. On a machine shared with another busy job, a spinning thread burns
-the time slice that the thread it waits for needs. On 2 cores beside another OpenMP job,
-a 100k-row fit on 2 threads took 3.5-3.8x its idle time with OpenMP's default wait
-policy, 1.9-2.3x with the passive one (`python -m bench.lifecycle --sections openmp`). So:
+LightGBM runs on OpenMP. By default it takes every core, and its threads spin a while at
+every barrier before they sleep. On a machine shared with another busy job, a spinning
+thread burns the time slice that the thread it waits for needs. On 2 cores beside
+another OpenMP job, five 4,500-row fits on 2 threads took 3.9x to 12.5x their idle time
+with OpenMP's defaults, and 1.5x to 2.1x with threads that sleep at once
+(`python -m bench.lifecycle --sections openmp`). So:
 
 - OpenMP threads sleep while they wait (`OMP_WAIT_POLICY=PASSIVE`) unless the environment
-  says otherwise. OpenMP reads this once, when it loads, so `tabular_mlops/__init__.py`
-  sets it before anything loads LightGBM.
+  says otherwise. It costs small multi-threaded fits on an idle machine (1.6x on those
+  fits), which tuning avoids by fitting on one thread per fold. OpenMP reads the setting
+  once, when it loads, so `tabular_mlops/__init__.py` sets it before anything loads
+  LightGBM.
 - The thread count comes from the cores this process may actually run on: its CPU
   affinity, capped by a cgroup CPU quota (a container's `--cpus`). It does not come from
   the machine's core count. `compute.threads` in the config overrides it.
