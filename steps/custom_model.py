@@ -10,7 +10,7 @@ from pathlib import Path
 
 import mlflow
 
-from tabular_mlops import data, evaluation, packaging, registry, thresholds, tracking, wrapper
+from tabular_mlops import data, packaging, registry, tracking
 from tabular_mlops.cli import (
     config_parser,
     configure_logging,
@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomModelResult:
+    # Heavy (sklearn, LightGBM): imported when the step runs (see train_basic).
+    from tabular_mlops import evaluation, thresholds, wrapper
+
     custom = config.require_custom_model()
     name = custom.registered_model_name
     with (

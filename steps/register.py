@@ -1,13 +1,16 @@
 """Entry point `register`: review a candidate for `champion`, roll back, or list versions."""
 
+from __future__ import annotations
+
 import argparse
 import logging
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import mlflow
 
-from tabular_mlops import promotion, registry, tracking
+from tabular_mlops import registry, tracking
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -18,6 +21,9 @@ from tabular_mlops.cli import (
 )
 from tabular_mlops.config import ProjectConfig
 from tabular_mlops.errors import PromotionError
+
+if TYPE_CHECKING:
+    from tabular_mlops import promotion
 
 ENTRY_POINT = "register"
 ACTIONS = ("promote", "rollback", "list")
@@ -62,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def register(
     config: ProjectConfig, action: str = "promote", run_id: str | None = None, dry_run: bool = False
 ) -> RegisterResult:
+    # Heavy (sklearn, LightGBM): imported when the step runs (see train_basic).
+    from tabular_mlops import promotion
+
     config.require_promotion()  # before any run: a config without it is a user error
     name = config.tracking.registered_model_name
     with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from tabular_mlops import data, evaluation, tracking, tuning
+from tabular_mlops import data, tracking
 from tabular_mlops.cli import (
     config_parser,
     configure_logging,
@@ -16,7 +16,6 @@ from tabular_mlops.cli import (
     whole_number,
 )
 from tabular_mlops.config import ProjectConfig
-from tabular_mlops.pipeline import build_pipeline, fit_with_learning_curve
 
 ENTRY_POINT = "track"
 logger = logging.getLogger(__name__)
@@ -60,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackResult:
     """Tune; with `baseline_run_id` (an untuned run, say), log its test metrics beside."""
+    # Heavy (sklearn, LightGBM, Optuna): imported when the step runs (see train_basic).
+    from tabular_mlops import evaluation, tuning
+    from tabular_mlops.pipeline import build_pipeline, fit_with_learning_curve
+
     config.require_tuning()  # before any run: a config without it is a user error
     baseline = tracking.finished_run(baseline_run_id) if baseline_run_id else None
     with tracking.project_run(config, ENTRY_POINT) as run:

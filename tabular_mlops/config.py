@@ -39,6 +39,9 @@ GATE_METRICS: dict[str, bool] = {
     "recall_score": True,
 }
 
+# The metrics a run is summed up by, as MLflow's evaluator names them (plus brier_score_loss).
+HEADLINE_METRICS = ("roc_auc", "precision_recall_auc", "log_loss", "brier_score_loss", "f1_score")
+
 
 def _usable_alias(alias: str) -> str:
     if _RESERVED_ALIAS.match(alias):

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from tabular_mlops.config import DataConfig, SplitConfig
 from tabular_mlops.errors import DataError
@@ -177,6 +176,10 @@ def prepare(frame: pd.DataFrame, config: DataConfig) -> LabeledTable:
 
 def split(table: LabeledTable, config: SplitConfig) -> Split:
     """Seeded, stratified train/test split."""
+    # Imported here: sklearn takes 1.2 s to import, which `main` need not pay to find
+    # that its steps are cached.
+    from sklearn.model_selection import train_test_split
+
     try:
         X_train, X_test, y_train, y_test, _, ids_test = train_test_split(
             table.features,

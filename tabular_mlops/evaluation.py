@@ -13,13 +13,12 @@ from mlflow.models import EvaluationResult
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
+from tabular_mlops.config import HEADLINE_METRICS
 from tabular_mlops.pipeline import feature_importance
 from tabular_mlops.plots import pyplot
 from tabular_mlops.tracking import Tag, quiet_integer_schema_hint
 
 LABEL_COLUMN = "__label__"
-# Metric names as MLflow's evaluator logs them, plus our own.
-HEADLINE_METRICS = ("roc_auc", "precision_recall_auc", "log_loss", "brier_score_loss", "f1_score")
 _TOP_FEATURES_PLOTTED = 20
 
 

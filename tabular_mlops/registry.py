@@ -12,8 +12,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from tabular_mlops.config import HEADLINE_METRICS
 from tabular_mlops.errors import PromotionError
-from tabular_mlops.evaluation import HEADLINE_METRICS
 from tabular_mlops.tracking import Tag
 
 logger = logging.getLogger(__name__)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
@@ -19,12 +20,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
-from sklearn.pipeline import Pipeline
 
 from tabular_mlops.config import ProjectConfig, TrackingConfig
 from tabular_mlops.data import LabeledTable
 from tabular_mlops.errors import UserInputError
-from tabular_mlops.pipeline import SKOPS_TRUSTED_TYPES, pip_requirements
+
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -218,8 +220,13 @@ def sampled_schema(frame: pd.DataFrame) -> Schema:
     )
 
 
-def log_pipeline(pipeline: Pipeline, X_train: pd.DataFrame, tracking: TrackingConfig) -> ModelInfo:
+def log_pipeline(
+    pipeline: "Pipeline", X_train: pd.DataFrame, tracking: TrackingConfig
+) -> ModelInfo:
     """Log the fitted pipeline with the sklearn flavor, saved with skops (not pickle)."""
+    # Imported here, as sklearn in tabular_mlops.data.split.
+    from tabular_mlops.pipeline import SKOPS_TRUSTED_TYPES, pip_requirements
+
     input_example = X_train.head(INPUT_EXAMPLE_ROWS)
     with quiet_integer_schema_hint():
         outputs = infer_signature(input_example, pipeline.predict(input_example)).outputs

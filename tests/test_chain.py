@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -16,7 +18,7 @@ from tabular_mlops.cli import ArgumentParser
 from tabular_mlops.config import PromotionConfig, load_config
 from tabular_mlops.errors import StepFailedError
 from tabular_mlops.tracking import Tag
-from tests.conftest import CHURN_CONFIG
+from tests.conftest import CHURN_CONFIG, PROJECT_DIR
 
 
 class FakeLauncher:
@@ -322,3 +324,16 @@ def test_a_failing_step_in_process_fails_its_run_with_the_reason(
 def test_a_command_that_is_not_a_step_module_is_refused(stand_in_project: ChainContext) -> None:
     with pytest.raises(StepFailedError, match="cannot run 'bash -c true' in process"):
         run_in_process(stand_in_project, lambda argv: 0, entry_point="elsewhere")
+
+
+def test_main_checks_its_cache_without_loading_the_training_libraries() -> None:
+    # `main` imports every step to check its parameters; a fully cached rerun must not pay
+    # for sklearn, LightGBM or Optuna (1.2 s of the 8 s it may take).
+    code = (
+        "import sys, steps.main; "
+        "print(sorted(m for m in ('sklearn', 'lightgbm', 'optuna') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PROJECT_DIR
+    ).stdout.strip()
+    assert loaded == "[]"
