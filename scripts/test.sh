@@ -4,12 +4,16 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 source .venv/bin/activate
-# The shared-study tuning test starts a throwaway PostgreSQL server; as root, install
-# PostgreSQL if it is missing (otherwise that test is skipped with a reason).
+# What some tests need from the system, installed as root when missing (otherwise those
+# tests are skipped with a reason, or fail under CI=true): PostgreSQL for the shared-study
+# tuning test, a Java runtime for the Spark engine of batch_score.
+packages=()
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
-    fi
+    packages+=(postgresql)
+fi
+command -v java >/dev/null || packages+=(openjdk-17-jre-headless)
+if [ ${#packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
 fi
 ruff check .
 ruff format --check .

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.entities import Metric, Run
 from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_TRACKING_URI
@@ -51,6 +53,9 @@ class Tag:
     MODEL_TYPE = "model_type"
     MODEL_URI = "model_uri"
     ERROR = "error"
+    # batch_score: the model version that answered, where the answers went
+    SCORED_WITH = "scored_with"  # models:/<name>/<version>
+    OUTPUT_PATH = "output_path"
     # register
     VERDICT = "verdict"
     VERDICT_REASON = "verdict_reason"
@@ -191,18 +196,27 @@ class TableDataset(PandasDataset):
 
 def as_mlflow_dataset(table: LabeledTable) -> TableDataset:
     """The table as MLflow sees it; its digest identifies the data a model trained on."""
-    with warnings.catch_warnings():
-        # MLflow registers one local-file source class per URI scheme, then warns that a
-        # path matches "LocalArtifactDatasetSource, LocalArtifactDatasetSource".
-        warnings.filterwarnings("ignore", message="The specified dataset source can be")
-        source = resolve_dataset_source(str(table.source))
     return TableDataset(
         df=table.raw,
-        source=source,
+        source=_dataset_source(table.source),
         targets=table.target.name,
         name=table.source.name,
         digest=table.digest,
     )
+
+
+def log_file_input(path: Path, digest: str, context: str) -> None:
+    """Log a file or folder the run read, not loaded in memory (a table to score, say)."""
+    dataset = MetaDataset(_dataset_source(path), name=path.name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def _dataset_source(path: Path) -> DatasetSource:
+    with warnings.catch_warnings():
+        # MLflow registers one local-file source class per URI scheme, then warns that a
+        # path matches "LocalArtifactDatasetSource, LocalArtifactDatasetSource".
+        warnings.filterwarnings("ignore", message="The specified dataset source can be")
+        return resolve_dataset_source(str(path))
 
 
 def sampled_schema(frame: pd.DataFrame) -> Schema:

@@ -126,6 +126,15 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     leave_no_run_behind()
 
 
+def missing_tool(what: str) -> None:
+    """A test cannot run without `what`: under CI (CI=true) that fails the suite, since
+    scripts/test.sh installs it; elsewhere the test is skipped with the reason."""
+    reason = f"{what} not found (scripts/test.sh installs it as root)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL server on loopback (scripts/test.sh installs PostgreSQL)."""
@@ -133,7 +142,7 @@ def postgres_url() -> Iterator[str]:
         iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None
     )
     if found is None:
-        pytest.skip("PostgreSQL server binaries not found (scripts/test.sh installs them as root)")
+        missing_tool("PostgreSQL server binaries")
     bin_dir = Path(found).parent
     # PostgreSQL refuses to run as root: as root, run it as the `postgres` user, in a
     # directory that user owns (pytest's own temporary directories are root-only).

@@ -7,7 +7,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from steps import custom_model, main, register, track, train_basic
+from steps import batch_score, custom_model, main, register, track, train_basic
 from tests.conftest import PROJECT_DIR
 
 
@@ -28,7 +28,7 @@ def test_mlproject_uses_conda_yaml() -> None:
     assert mlproject()["conda_env"] == "conda.yaml"
 
 
-ENTRY_POINTS = [train_basic, track, register, custom_model, main]
+ENTRY_POINTS = [train_basic, track, register, custom_model, batch_score, main]
 
 
 def test_mlproject_declares_every_entry_point() -> None:
