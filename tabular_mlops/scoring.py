@@ -23,7 +23,6 @@ from typing import Any, Literal
 import mlflow
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -171,9 +170,10 @@ def open_input(path: Path, model: ScoringModel, id_columns: list[str]) -> Scorin
     features = [str(name) for name in model.inputs.input_names()]
     types = {spec.name: arrow_type(spec.type) for spec in model.inputs.inputs}
     try:
-        found = _dataset(path, form, None, types).schema
+        dataset = _dataset(path, form, None, types)
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"cannot read input {path}: {' '.join(str(error).split())}") from None
+    found = dataset.schema
     required = [*id_columns, *model.required_inputs()]
     if missing := [name for name in required if name not in found.names]:
         raise DataError(f"input {path} lacks required column(s): {', '.join(missing)}")
@@ -181,7 +181,7 @@ def open_input(path: Path, model: ScoringModel, id_columns: list[str]) -> Scorin
     schema = pa.schema(
         [pa.field(name, types.get(name, found.field(name).type)) for name in columns]
     )
-    files = tuple(sorted(p for p in path.rglob("*") if p.is_file())) if path.is_dir() else (path,)
+    files = tuple(sorted(Path(file) for file in dataset.files))  # not _SUCCESS, .crc, ...
     return ScoringInput(
         path, form, files, schema, tuple(id_columns), tuple(features), _digest(files)
     )
@@ -325,23 +325,34 @@ def _row_count(source: ScoringInput) -> int | None:
 def _batches(source: ScoringInput, size: int) -> Iterator[pa.RecordBatch]:
     """The input's rows typed as `source.schema` says, at most `size` rows at a time."""
     try:
-        dataset = source.dataset()
-        found = dataset.schema
-        columns = {
-            f.name: pc.field(f.name)
-            if found.field(f.name).type == f.type
-            else pc.field(f.name).cast(
-                f.type
-            )  # e.g. a Parquet int column the model takes as double
-            for f in source.schema
-        }
-        scanner = dataset.scanner(columns=columns, batch_size=size)
-        for batch in scanner.to_batches():
+        batches = (
+            _parquet_batches(source, size) if source.format == "parquet" else _csv_batches(source)
+        )
+        for batch in batches:
+            typed = [
+                column if column.type == field.type else column.cast(field.type)
+                for column, field in zip(batch.columns, source.schema, strict=True)
+            ]  # e.g. Parquet ints that the model takes as doubles
             for offset in range(0, batch.num_rows, size):
-                yield batch.slice(offset, size)
+                yield pa.RecordBatch.from_arrays(typed, schema=source.schema).slice(offset, size)
     except (pa.ArrowException, OSError) as error:
         reason = " ".join(str(error).split())
         raise DataError(f"cannot read input {source.path}: {reason}") from None
+
+
+def _parquet_batches(source: ScoringInput, size: int) -> Iterator[pa.RecordBatch]:
+    # File by file, `size` rows decoded at a time. (Arrow's dataset scanner decodes whole
+    # row groups, 1M rows by default: its memory grew with the input.)
+    for file in source.files:
+        for batch in pq.ParquetFile(file).iter_batches(
+            batch_size=size, columns=source.schema.names
+        ):
+            yield batch.select(source.schema.names)
+
+
+def _csv_batches(source: ScoringInput) -> Iterator[pa.RecordBatch]:
+    # The CSV reader streams blocks of about 1 MB.
+    yield from source.dataset().scanner(columns=source.schema.names).to_batches()
 
 
 def _log_progress(number: int, rows: int, total: int | None, seconds: float) -> None:
