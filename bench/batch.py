@@ -189,7 +189,7 @@ def _since(started: float) -> float:
 def report(measured: list[Measured], big: Measured) -> pd.DataFrame:
     table = pd.DataFrame(
         {
-            "rows": m.rows,
+            "rows": f"{m.rows:,}",
             "job s": round(m.seconds, 2),
             "rows/s": round(m.rows_per_second),
             "process s": None if m.process_seconds is None else round(m.process_seconds, 2),

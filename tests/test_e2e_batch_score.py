@@ -280,3 +280,17 @@ def test_an_unreadable_input_fails_the_run(
     run = the_run(scoring.store)
     assert run.info.status == "FAILED"
     assert run.data.tags[Tag.ERROR].startswith(f"cannot read input {rows}")
+
+
+def test_a_model_version_that_does_not_exist_fails_the_run(
+    scoring: Scoring,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    args = ["--input", str(scoring.csv), "--output", str(tmp_path / "out")]
+    for uri in ("models:/churn-service/99", "models:/churn-service@nowhere"):
+        assert score_in_process(scoring.store, monkeypatch, *args, "--model-uri", uri) == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert errors[-1].startswith(f"model {uri} ")
+        assert the_run(scoring.store).info.status == "FAILED"
