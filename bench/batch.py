@@ -26,7 +26,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bench.serving import bench_config
+from bench.serving import bench_config, temporary_store
 from steps import custom_model, train_basic
 from tabular_mlops.cli import configure_logging
 from tabular_mlops.config import ProjectConfig
@@ -231,11 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-batch-") as scratch:
-        directory = Path(scratch)
-        os.chdir(directory)  # artifacts land here
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{directory / 'mlflow.db'}"
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    with temporary_store("bench-batch-") as directory:
         config = bench_config(directory)
         logger.info("building the model in %s", directory)
         model_uri, pipeline_uri = build_model(config)

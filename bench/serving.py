@@ -309,6 +309,22 @@ def targets(local: pd.DataFrame, served: pd.DataFrame) -> pd.DataFrame:
     ).set_index("target")
 
 
+@contextmanager
+def temporary_store(prefix: str) -> Iterator[Path]:
+    """A temporary directory holding a bench's sqlite store, and its artifacts: it is the
+    working directory meanwhile."""
+    home = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        directory = Path(scratch)
+        os.chdir(directory)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{directory / 'mlflow.db'}"
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        try:
+            yield directory
+        finally:
+            os.chdir(home)
+
+
 def bench_config(directory: Path) -> ProjectConfig:
     return load_config(
         PROJECT_DIR / DEFAULT_CONFIG_PATH,
@@ -335,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as scratch:
-        directory = Path(scratch)
-        os.chdir(directory)  # artifacts land here
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{directory / 'mlflow.db'}"
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    with temporary_store("bench-serving-") as directory:
         config = bench_config(directory)
         logger.info("building the models in %s", directory)
         models = build_models(config)

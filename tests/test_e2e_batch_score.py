@@ -20,9 +20,11 @@ from tabular_mlops.tracking import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     churn_frame,
+    leave_no_run_behind,
     missing_tool,
     mlflow_run,
     new_store,
+    point_mlflow_at,
     use_store,
 )
 
@@ -35,6 +37,7 @@ PIPELINE = "models:/churn-classifier@latest-model"  # not the custom model
 
 @dataclass(frozen=True)
 class Scoring:
+    directory: Path  # of the store
     store: str
     rows: pd.DataFrame  # ids and model inputs, as written to the inputs below
     parquet_parts: Path  # a folder of two Parquet files
@@ -59,7 +62,7 @@ def scoring(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Scoring:
     rows.iloc[half:].to_parquet(parts / "b.parquet", index=False)
     csv = folder / "rows.csv"
     rows.to_csv(csv, index=False)
-    return Scoring(store, rows, parts, csv)
+    return Scoring(folder, store, rows, parts, csv)
 
 
 def rows_to_score() -> pd.DataFrame:
@@ -210,9 +213,14 @@ def test_a_model_that_is_not_the_custom_model_fails_the_run(
     assert not output.exists()
 
 
-def score_in_process(store: str, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    return batch_score.main(["--config", str(CHURN_CONFIG), *argv])
+def score_in_process(scoring: Scoring, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    """`batch_score` in this process, as a fresh process would run it (and leaving no
+    experiment behind in the environment for later `mlflow run`s)."""
+    point_mlflow_at(scoring.directory, monkeypatch)
+    try:
+        return batch_score.main(["--config", str(CHURN_CONFIG), *argv])
+    finally:
+        leave_no_run_behind()
 
 
 def test_missing_columns_are_named_before_spark_starts(
@@ -225,7 +233,7 @@ def test_missing_columns_are_named_before_spark_starts(
     scoring.rows.drop(columns=["tenure", "contract"]).head(50).to_parquet(rows)
     args = ["--input", str(rows), "--output", str(tmp_path / "out"), "--engine", "spark"]
     with caplog.at_level(logging.INFO):
-        assert score_in_process(scoring.store, monkeypatch, *args) == 1
+        assert score_in_process(scoring, monkeypatch, *args) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert errors == [f"input {rows} lacks required column(s): tenure, contract"]
     assert not any("spark:" in r.getMessage() for r in caplog.records)
@@ -244,7 +252,7 @@ def test_an_empty_input_gives_an_empty_output_with_the_schema(
     scoring.rows.head(0).to_csv(rows, index=False)
     output = tmp_path / "out"
     args = ["--input", str(rows), "--output", str(output)]
-    assert score_in_process(scoring.store, monkeypatch, *args) == 0
+    assert score_in_process(scoring, monkeypatch, *args) == 0
     written = pq.read_table(output)
     assert written.num_rows == 0
     assert written.schema.names == [ID, *ChurnModel.output_schema().input_names()]
@@ -262,10 +270,10 @@ def test_an_existing_output_is_kept_unless_overwrite(
     output.mkdir()
     (output / "keep.txt").write_text("earlier results")
     args = ["--input", str(rows), "--output", str(output)]
-    assert score_in_process(scoring.store, monkeypatch, *args) == 1
+    assert score_in_process(scoring, monkeypatch, *args) == 1
     assert (output / "keep.txt").read_text() == "earlier results"
     assert the_run(scoring.store).info.status == "FAILED"
-    assert score_in_process(scoring.store, monkeypatch, *args, "--overwrite", "true") == 0
+    assert score_in_process(scoring, monkeypatch, *args, "--overwrite", "true") == 0
     assert len(pd.read_parquet(output)) == 30
     assert not (output / "keep.txt").exists()
 
@@ -276,7 +284,7 @@ def test_an_unreadable_input_fails_the_run(
     rows = tmp_path / "rows.parquet"
     rows.write_bytes(b"\x00\x01 not a parquet file")
     args = ["--input", str(rows), "--output", str(tmp_path / "out")]
-    assert score_in_process(scoring.store, monkeypatch, *args) == 1
+    assert score_in_process(scoring, monkeypatch, *args) == 1
     run = the_run(scoring.store)
     assert run.info.status == "FAILED"
     assert run.data.tags[Tag.ERROR].startswith(f"cannot read input {rows}")
@@ -290,7 +298,7 @@ def test_a_model_version_that_does_not_exist_fails_the_run(
 ) -> None:
     args = ["--input", str(scoring.csv), "--output", str(tmp_path / "out")]
     for uri in ("models:/churn-service/99", "models:/churn-service@nowhere"):
-        assert score_in_process(scoring.store, monkeypatch, *args, "--model-uri", uri) == 1
+        assert score_in_process(scoring, monkeypatch, *args, "--model-uri", uri) == 1
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert errors[-1].startswith(f"model {uri} ")
         assert the_run(scoring.store).info.status == "FAILED"
