@@ -70,8 +70,6 @@ class ScoringModel:
     """The model a job scores with, pinned: an alias that moves mid-job changes nothing."""
 
     uri: str  # models:/<name>/<version> when registered, else the URI given
-    name: str | None
-    version: str | None
     inputs: Schema
     outputs: Schema
     max_rows: int
@@ -85,7 +83,6 @@ class ScoringModel:
 def resolve_model(uri: str) -> ScoringModel:
     """`uri` pinned to its registered version (an alias or a version URI), with what its
     MLmodel says; anything but this project's custom model is a ModelError."""
-    name = version = None
     pinned = uri
     if uri.startswith("models:/") and "@" in uri:
         name, alias = uri.removeprefix("models:/").split("@", 1)
@@ -94,8 +91,6 @@ def resolve_model(uri: str) -> ScoringModel:
         except MlflowException as error:
             raise ModelError(f"model {uri} not found: {error.message}") from None
         pinned = f"models:/{name}/{version}"
-    elif uri.startswith("models:/") and uri.count("/") == 2 and uri.rsplit("/", 1)[1].isdigit():
-        name, version = uri.removeprefix("models:/").split("/")
     try:
         info = mlflow.models.get_model_info(pinned)
     except (MlflowException, OSError) as error:
@@ -117,8 +112,6 @@ def resolve_model(uri: str) -> ScoringModel:
         )
     return ScoringModel(
         uri=pinned,
-        name=name,
-        version=version,
         inputs=signature.inputs,
         outputs=signature.outputs,
         max_rows=int(settings[MAX_ROWS_SETTING]),

@@ -25,8 +25,6 @@ INPUTS = Schema(
 def a_model(max_rows: int = 10_000) -> ScoringModel:
     return ScoringModel(
         uri="models:/churn-service/1",
-        name="churn-service",
-        version="1",
         inputs=INPUTS,
         outputs=ChurnModel.output_schema(),
         max_rows=max_rows,
