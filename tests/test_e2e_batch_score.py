@@ -163,27 +163,40 @@ def test_the_pandas_engine_answers_as_the_model_does(scoring: Scoring, project: 
     assert "score_distribution.png" in artifacts
 
 
-def test_the_spark_engine_answers_as_the_model_does(scoring: Scoring, project: Path) -> None:
+@pytest.mark.parametrize(
+    ("source", "parameters", "params"),
+    [
+        # A CSV (missing values spelt as pandas reads them), with reasons.
+        ("csv", ["explain=true"], {"explain": True}),
+        # Parquet parts, without reasons: the UDF leaves them out, a typed null is added.
+        ("parquet_parts", ["threshold=0.3"], {"threshold": 0.3}),
+    ],
+    ids=["csv-explained", "parquet-parts"],
+)
+def test_the_spark_engine_answers_as_the_model_does(
+    scoring: Scoring, project: Path, source: str, parameters: list[str], params: dict[str, Any]
+) -> None:
     if shutil.which("java") is None:
         missing_tool("Java (Spark's JRE)")
-    output = scoring.csv.parent / "scores-spark"
+    output = scoring.csv.parent / f"scores-spark-{source}"
     done = mlflow_run(
         project,
         scoring.store,
         "batch_score",
-        f"input={scoring.csv}",
+        f"input={getattr(scoring, source)}",
         f"output={output}",
         "engine=spark",
-        "explain=true",
+        *parameters,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     for stage in ("reading", "scoring and writing", "summing up"):
         assert f"spark: {stage}" in done.stderr
     use_store(scoring.store)
-    expected = in_process_answers(scoring.rows, {"explain": True})
+    expected = in_process_answers(scoring.rows, params)
     written = pd.read_parquet(output)
     assert_same_answers(written, expected)
-    assert all(len(reasons) == 3 for reasons in written["reasons"])
+    explained = params.get("explain", False)
+    assert all((len(r) == 3) if explained else (r is None) for r in written["reasons"])
     run = the_run(scoring.store)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["rows"] == ROWS
