@@ -390,9 +390,13 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
     """Read `path`, apply dotted-key `overrides` (None values skipped) and validate."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
     except (OSError, yaml.YAMLError) as error:
         reason = " ".join(str(error).split())
         raise ConfigError(f"config file {path} cannot be read: {reason}") from None
@@ -401,7 +405,10 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
     raw = copy.deepcopy(raw)
     for dotted_key, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(raw, dotted_key, value)
+            try:
+                _set_dotted(raw, dotted_key, value)
+            except TypeError as error:
+                raise ConfigError(f"invalid config {path}: {error}") from None
     try:
         return ProjectConfig.model_validate(raw)
     except ValidationError as error:
@@ -409,9 +416,18 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
 
 
 def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    """Set `a.b.c` in nested mappings; a section left empty in the YAML (`model:`) is an
+    empty mapping. Anything else where a mapping belongs is a TypeError saying where."""
     *parents, leaf = dotted_key.split(".")
-    for key in parents:
-        tree = tree.setdefault(key, {})
+    for depth, key in enumerate(parents):
+        if tree.get(key) is None:
+            tree[key] = {}
+        tree = tree[key]
+        if not isinstance(tree, dict):
+            where = ".".join(parents[: depth + 1])
+            raise TypeError(
+                f"{where}: must be a mapping to set {dotted_key}, got {type(tree).__name__}"
+            )
     tree[leaf] = value
 
 
@@ -428,7 +444,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _one_line(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"])
+        where = ".".join(_printable(str(part)) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "missing":
             problems.append(f"{where}: required")
@@ -437,4 +453,8 @@ def _one_line(error: ValidationError) -> str:
         else:
             shown = f" (got {item['input']!r})" if not isinstance(item["input"], dict) else ""
             problems.append(f"{where}: {message}{shown}" if where else message)
-    return "; ".join(problems)
+    return " ".join("; ".join(problems).splitlines())  # one line, whatever the YAML held
+
+
+def _printable(key: str) -> str:
+    return key if key.isprintable() else repr(key)
