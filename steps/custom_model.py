@@ -115,7 +115,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
             mlflow.artifacts.download_artifacts(version.uri, dst_path=f"{scratch}/registered")
         )
         try:
-            wrapper.check_answers(model_dir, custom.check_env_manager)
+            wrapper.check_answers(model_dir, custom.check_env_manager, custom.check_timeout_seconds)
         except PromotionError:
             registry.set_review(name, version.version, "failed_check")
             raise

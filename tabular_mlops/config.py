@@ -274,6 +274,8 @@ class CustomModelConfig(_Section):
     wheel_dir: Path = Path("wheels")
     # `mlflow models predict --env-manager` of the isolated-environment check; none skips it.
     check_env_manager: Literal["uv", "virtualenv", "conda", "none"] = "uv"
+    # A check process that has not answered by then is a failed check (and is stopped).
+    check_timeout_seconds: float = Field(900, gt=0)
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "CustomModelConfig":

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,6 @@ PIPELINE_ARTIFACT = "pipeline"  # tabular_custom_model.PIPELINE_ARTIFACT
 CHECK_PARAMS = {"explain": True}
 CHECKS_ARTIFACT = "checks/predictions.json"
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-_CHECK_TIMEOUT_SECONDS = 900
 
 # Run in a new interpreter, in an empty directory, with this project off sys.path: the
 # model must load and predict from what it carries.
@@ -129,16 +129,17 @@ def _on_sys_path(directory: Path) -> Iterator[None]:
         sys.path.remove(str(directory.resolve()))
 
 
-def check_answers(model_dir: Path, env_manager: str) -> None:
+def check_answers(model_dir: Path, env_manager: str, timeout_seconds: float) -> None:
     """The model's answers on its input example, loaded in this process, in a fresh
     process and in an isolated environment, must be identical; logged to the run. The two
-    other processes run at once, beside this one's prediction."""
+    other processes run at once, beside this one's prediction; one that has not answered
+    within `timeout_seconds` is a failed check."""
     elsewhere: dict[str, Callable[[Path], dict[str, Any]]] = {
-        "fresh_process": predict_in_fresh_process
+        "fresh_process": partial(predict_in_fresh_process, timeout_seconds=timeout_seconds)
     }
     if env_manager != "none":
         elsewhere[f"isolated_env_{env_manager}"] = partial(
-            predict_in_isolated_env, env_manager=env_manager
+            predict_in_isolated_env, env_manager=env_manager, timeout_seconds=timeout_seconds
         )
     else:
         logger.warning("isolated-environment check skipped (custom_model.check_env_manager)")
@@ -170,7 +171,7 @@ def predict_in_process(model_dir: Path) -> dict[str, Any]:
     return json.loads(output.getvalue())
 
 
-def predict_in_fresh_process(model_dir: Path) -> dict[str, Any]:
+def predict_in_fresh_process(model_dir: Path, timeout_seconds: float) -> dict[str, Any]:
     """The same, from a new Python process in an empty directory without this project on
     its path; fails if the model's code is not its own `code/` or imports the project."""
     with tempfile.TemporaryDirectory(prefix="fresh-process-") as scratch:
@@ -178,7 +179,7 @@ def predict_in_fresh_process(model_dir: Path) -> dict[str, Any]:
         command = [sys.executable, "-I", "-c", _FRESH_PROCESS_SCRIPT]
         command += [str(model_dir), str(output), str(_PROJECT_ROOT), json.dumps(CHECK_PARAMS)]
         report = json.loads(
-            _run(command, cwd=scratch, label="a fresh python process").splitlines()[-1]
+            _run(command, scratch, "a fresh python process", timeout_seconds).splitlines()[-1]
         )
         code_dir = (model_dir / "code").resolve()
         if Path(report["package_file"]).resolve().parent.parent != code_dir:
@@ -188,7 +189,9 @@ def predict_in_fresh_process(model_dir: Path) -> dict[str, Any]:
         return json.loads(output.read_text())
 
 
-def predict_in_isolated_env(model_dir: Path, env_manager: str) -> dict[str, Any]:
+def predict_in_isolated_env(
+    model_dir: Path, env_manager: str, timeout_seconds: float
+) -> dict[str, Any]:
     """The same, as `mlflow models predict` answers: in a new environment built from the
     model's requirements (which install its wheel from `code/`), cached between calls."""
     with tempfile.TemporaryDirectory(prefix="isolated-env-") as scratch:
@@ -197,28 +200,41 @@ def predict_in_isolated_env(model_dir: Path, env_manager: str) -> dict[str, Any]
         request.write_text(json.dumps(serving_example | {"params": CHECK_PARAMS}))
         command = [sys.executable, "-c", _ISOLATED_ENV_SCRIPT, str(model_dir), env_manager]
         label = f"mlflow models predict --env-manager {env_manager}"
-        _run([*command, str(request), str(output)], cwd=scratch, label=label)
+        _run([*command, str(request), str(output)], scratch, label, timeout_seconds)
         return json.loads(output.read_text())
 
 
-def _run(command: list[str], cwd: str, label: str) -> str:
+def _run(command: list[str], cwd: str, label: str, timeout_seconds: float) -> str:
+    """`command`'s output; a failure, or no answer within `timeout_seconds` (the command
+    and every process it started are then killed), is a RuntimeError saying so."""
     # PYTHONPATH would put this project on the path. PYTHONDONTWRITEBYTECODE would make the
     # cached isolated environment (installed by uv without bytecode) compile every module
     # it imports on every check: 14 s a call instead of 9.
     dropped = {"PYTHONPATH", "PYTHONDONTWRITEBYTECODE"}
     environment = {key: value for key, value in os.environ.items() if key not in dropped}
-    done = subprocess.run(
+    # Its own process group: `mlflow models predict` starts the model's environment's
+    # Python, which must not outlive a timeout.
+    process = subprocess.Popen(
         command,
         cwd=cwd,
         env=environment,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=_CHECK_TIMEOUT_SECONDS,
-        check=False,
+        start_new_session=True,
     )
-    if done.returncode != 0:
-        logger.warning("%s", done.stderr[-3000:])  # the whole story; the error says the end
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else f"exit code {done.returncode}"
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise RuntimeError(
+            f"{label} did not answer within {timeout_seconds:g} s "
+            "(custom_model.check_timeout_seconds)"
+        ) from None
+    if process.returncode != 0:
+        logger.warning("%s", stderr[-3000:])  # the whole story; the error says the end
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        last = lines[-1].strip() if lines else f"exit code {process.returncode}"
         raise RuntimeError(f"{label} failed: {last}")
-    return done.stdout
+    return stdout

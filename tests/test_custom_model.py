@@ -1,6 +1,8 @@
 """The `custom_model` step and the wrapper in-process, against a real sqlite store."""
 
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,7 +246,7 @@ def test_champion_is_preferred_and_a_missing_alias_is_a_clear_error(store: Wrapp
 def test_a_model_answering_differently_elsewhere_gets_no_alias(
     store: Wrapped, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def tampered(model_dir: Path) -> dict[str, Any]:
+    def tampered(model_dir: Path, timeout_seconds: float) -> dict[str, Any]:
         answer = wrapper.predict_in_process(model_dir)
         answer["predictions"]["probability"][0] += 1e-12
         return answer
@@ -261,6 +263,38 @@ def test_a_model_answering_differently_elsewhere_gets_no_alias(
     assert registry.aliases("tampered") == {}
     version = mlflow.MlflowClient().get_model_version("tampered", "1")
     assert version.tags[registry.REVIEW_TAG] == "failed_check"
+
+
+@TRAINS
+def test_a_check_that_does_not_answer_in_time_gets_no_alias(store: Wrapped) -> None:
+    config = config_for(
+        {
+            "custom_model.registered_model_name": "slow",
+            "custom_model.wheel_dir": str(store.directory / "wheels"),
+            "custom_model.check_timeout_seconds": 0.05,
+        }
+    )
+    with pytest.raises(PromotionError, match=r"fresh_process: .* did not answer within 0\.05 s"):
+        custom_model.custom_model(config, model_uri=store.result.source_uri)
+    assert registry.aliases("slow") == {}
+    version = mlflow.MlflowClient().get_model_version("slow", "1")
+    assert version.tags[registry.REVIEW_TAG] == "failed_check"
+
+
+def test_a_check_process_out_of_time_is_stopped_with_what_it_started(tmp_path: Path) -> None:
+    child_pid = tmp_path / "child.pid"
+    script = (
+        "import subprocess, sys, time; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(child_pid)!r}, 'w').write(str(child.pid)); time.sleep(60)"
+    )
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"^sleeper did not answer within 2 s"):
+        wrapper._run([sys.executable, "-c", script], str(tmp_path), "sleeper", 2)
+    assert time.monotonic() - started < 10
+    status = Path(f"/proc/{child_pid.read_text()}/status")
+    # Gone, or a zombie waiting for whoever adopted it.
+    assert not status.exists() or "State:\tZ" in status.read_text()
 
 
 # Parts
