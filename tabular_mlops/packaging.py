@@ -3,11 +3,15 @@
 The wheel's version is the package's own plus a hash of its content
 (`0.1.0+3f2a9c1b04de`): MLflow caches model environments by their requirement strings, so a
 changed source with an unchanged version would be served by the environment of the old one.
-The same source always gives the same file name, and an existing wheel is reused.
+The same source always gives the same file name, and an existing wheel is reused once its
+bytes are checked against the sha256 recorded beside it when it was built
+(`<wheel>.sha256`); a wheel cut short or altered is rebuilt. Both files are written under
+a temporary name and renamed, so an interrupted build leaves no wheel behind.
 """
 
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -37,9 +41,11 @@ def build_wheel(package_dir: Path, wheel_dir: Path) -> Path:
     distribution = project["name"].replace("-", "_")
     wheel_dir.mkdir(parents=True, exist_ok=True)
     wheel = wheel_dir / f"{distribution}-{version}-py3-none-any.whl"
-    if wheel.is_file():
+    if wheel.is_file() and _recorded_hash(wheel) == _file_hash(wheel):
         logger.info("reusing %s (same content)", wheel)
         return wheel
+    if wheel.is_file():
+        logger.warning("rebuilding %s: it does not match the hash recorded at build", wheel)
     with tempfile.TemporaryDirectory(prefix="custom-model-build-") as scratch:
         source = Path(scratch) / "source"
         shutil.copytree(
@@ -56,9 +62,34 @@ def build_wheel(package_dir: Path, wheel_dir: Path) -> Path:
         )
         if built.returncode != 0:
             raise RuntimeError(f"building {package_dir} failed:\n{built.stderr[-3000:]}")
-        shutil.move(Path(scratch) / "dist" / built.stdout.strip().splitlines()[-1], wheel)
+        built_wheel = Path(scratch) / "dist" / built.stdout.strip().splitlines()[-1]
+        _write_atomically(wheel, built_wheel.read_bytes())
+    # The hash last: a wheel without its hash file is never reused.
+    _write_atomically(_hash_file(wheel), _file_hash(wheel).encode())
     logger.info("built %s", wheel)
     return wheel
+
+
+def _hash_file(wheel: Path) -> Path:
+    return wheel.with_name(wheel.name + ".sha256")
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _recorded_hash(wheel: Path) -> str | None:
+    try:
+        return _hash_file(wheel).read_text().strip()
+    except OSError:
+        return None
+
+
+def _write_atomically(path: Path, content: bytes) -> None:
+    """`path` holds the old content or the new, never a part: written beside, then renamed."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(content)
+    os.replace(f.name, path)
 
 
 def _source_files(package_dir: Path) -> list[Path]:

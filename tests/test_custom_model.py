@@ -313,6 +313,23 @@ def test_wheel_version_follows_the_content(tmp_path: Path) -> None:
     assert second.name.startswith("tabular_custom_model-0.1.0+")
 
 
+def test_a_broken_wheel_is_rebuilt_and_an_intact_one_reused(tmp_path: Path) -> None:
+    package = tmp_path / "package"
+    shutil.copytree(PROJECT_DIR / "custom_model", package)
+    wheel = packaging.build_wheel(package, tmp_path / "wheels")
+    intact = wheel.read_bytes()
+    assert sorted(p.name for p in wheel.parent.iterdir()) == [wheel.name, f"{wheel.name}.sha256"]
+    wheel.write_bytes(intact[: len(intact) // 2])  # a copy cut short
+    assert packaging.build_wheel(package, tmp_path / "wheels") == wheel
+    assert wheel.read_bytes() == intact  # rebuilt: the build is reproducible
+    built_at = wheel.stat().st_mtime_ns
+    assert packaging.build_wheel(package, tmp_path / "wheels") == wheel
+    assert wheel.stat().st_mtime_ns == built_at  # reused
+    Path(f"{wheel}.sha256").unlink()  # a build interrupted before its hash was recorded
+    packaging.build_wheel(package, tmp_path / "wheels")
+    assert wheel.stat().st_mtime_ns != built_at
+
+
 def test_model_config_keys_are_the_package_settings() -> None:
     settings = {value for key, value in vars(tabular_custom_model.Setting).items() if key.isupper()}
     config = config_for()
