@@ -12,6 +12,7 @@ import mlflow
 
 from tabular_mlops import data, packaging, registry, tracking
 from tabular_mlops.cli import (
+    boolean,
     config_parser,
     configure_logging,
     run_with_config,
@@ -32,6 +33,7 @@ OVERRIDES = {
     "objective": "custom_model.decision.objective",
     "check_env_manager": "custom_model.check_env_manager",
     "max_rows": "custom_model.max_rows",
+    "allow_pickle": "trust.allow_pickle",
 }
 
 
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--objective", type=text)
     parser.add_argument("--check-env-manager", type=text)
     parser.add_argument("--max-rows", type=unset_or(whole_number))
+    parser.add_argument("--allow-pickle", type=unset_or(boolean))
     return parser
 
 
@@ -77,6 +80,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
             config.tracking.registered_model_name, custom.source_aliases
         )
         mlflow.set_tag(tracking.Tag.SOURCE_MODEL_URI, source_uri)
+        registry.refuse_pickled(source_uri, config.trust.allow_pickle)
         pipeline_dir = Path(scratch) / wrapper.PIPELINE_ARTIFACT
         pipeline_dir.mkdir()
         mlflow.artifacts.download_artifacts(source_uri, dst_path=str(pipeline_dir))

@@ -37,6 +37,7 @@ OVERRIDES = {
     "threshold": "promotion.threshold",
     "min_improvement": "promotion.min_improvement",
     "holdout_path": "promotion.holdout_path",
+    "allow_pickle": "trust.allow_pickle",
 }
 
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=unset_or(number))
     parser.add_argument("--min-improvement", type=unset_or(number))
     parser.add_argument("--holdout-path", type=text)
+    parser.add_argument("--allow-pickle", type=unset_or(boolean))
     return parser
 
 

@@ -290,6 +290,14 @@ class CustomModelConfig(_Section):
         return self
 
 
+class TrustConfig(_Section):
+    """What this project may load that could run code of its author's."""
+
+    # A pipeline saved with pickle or cloudpickle (not skops) runs code when it is loaded:
+    # `register` and `custom_model` refuse one unless you trust whoever logged it.
+    allow_pickle: bool = False
+
+
 class ComputeConfig(_Section):
     """CPU use of every entry point (see tabular_mlops.resources)."""
 
@@ -336,6 +344,7 @@ class ProjectConfig(_Section):
     promotion: PromotionConfig | None = None  # needed by the `register` entry point only
     custom_model: CustomModelConfig | None = None  # needed by `custom_model` only
     compute: ComputeConfig = ComputeConfig()
+    trust: TrustConfig = TrustConfig()
     batch: BatchConfig = BatchConfig()
 
     @model_validator(mode="after")

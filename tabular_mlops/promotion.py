@@ -80,8 +80,10 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     """Review a candidate (`run_id`, or the experiment's best run) for `champion`."""
     promotion = config.require_promotion()
     name = config.tracking.registered_model_name
-    # A wrong run id fails before any work.
+    # A wrong run id, or a model that is not safe to load, fails before any work.
     given = _candidate_from_run(run_id, config.tracking.model_name) if run_id else None
+    if given:
+        registry.refuse_pickled(given.model_uri, config.trust.allow_pickle)
     training = data.load_table(config.data)
     holdout = data.load_holdout(training, config.data, config.split, promotion.holdout_path)
     tracking.log_dataset(holdout.table, context="holdout")
@@ -89,6 +91,7 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     trained_on = _training_fingerprint(config, training.digest)
 
     candidate = given or _best_candidate(promotion, name, trained_on, holdout.is_test_split)
+    registry.refuse_pickled(candidate.model_uri, config.trust.allow_pickle)
     if holdout.is_test_split and (mismatch := _mismatch(candidate.run, trained_on)):
         raise PromotionError(
             f"run {candidate.run_id} was trained on other data or another split "

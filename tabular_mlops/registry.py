@@ -70,6 +70,24 @@ def alias_still_at(run: Run) -> bool:
     return aliases(name).get(alias) == version
 
 
+def refuse_pickled(model_uri: str, allow_pickle: bool) -> None:
+    """A PromotionError unless `model_uri` is a pipeline saved with skops: pickle and
+    cloudpickle run code of the model's author when loaded, so such a model is loaded only
+    if the caller says they trust that author (`allow_pickle`)."""
+    if allow_pickle:
+        return
+    try:
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+    except MlflowException as error:
+        raise PromotionError(f"model {model_uri} cannot be read: {error.message}") from None
+    saved_as = flavors.get("sklearn", {}).get("serialization_format", "no sklearn flavor")
+    if saved_as != mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS:
+        raise PromotionError(
+            f"model {model_uri} is saved with {saved_as}, not skops: loading it would run "
+            "code of whoever logged it; pass -P allow_pickle=true only if you trust them"
+        )
+
+
 def find_version(name: str, run_id: str, model_uri: str) -> ModelVersion | None:
     """The version of `name` registered from the model `run_id` logged at `model_uri`."""
     versions = mlflow.MlflowClient().search_model_versions(

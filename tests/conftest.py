@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow.models.model import ModelInfo
 
 from tabular_mlops.serving import background_server, free_port, model_server
 
@@ -111,6 +112,27 @@ def point_mlflow_at(directory: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     return uri
+
+
+def pickled_copy_of(run_id: str, experiment: str = "pickled") -> ModelInfo:
+    """A new run like `run_id` (same params and tags, so the same data and split), whose
+    pipeline is logged with cloudpickle instead of skops."""
+    source = mlflow.get_run(run_id)
+    model_uri = source.data.tags["model_uri"]
+    pipeline = mlflow.sklearn.load_model(model_uri)
+    example = mlflow.pyfunc.load_model(model_uri).input_example
+    tags = {key: value for key, value in source.data.tags.items() if "." not in key}
+    experiment_id = mlflow.MlflowClient().create_experiment(experiment)
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags):
+        mlflow.log_params(source.data.params)
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            input_example=example,
+        )
+        mlflow.set_tag("model_uri", info.model_uri)
+    return info
 
 
 def leave_no_run_behind() -> None:

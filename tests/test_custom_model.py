@@ -18,7 +18,13 @@ from sklearn.metrics import confusion_matrix
 
 from steps import custom_model, register, train_basic
 from tabular_mlops import data, packaging, registry, wrapper
-from tabular_mlops.config import CostMatrix, DecisionConfig, ProjectConfig, load_config
+from tabular_mlops.config import (
+    CostMatrix,
+    DecisionConfig,
+    ProjectConfig,
+    TrustConfig,
+    load_config,
+)
 from tabular_mlops.errors import ConfigError, PromotionError
 from tabular_mlops.pipeline import build_pipeline, input_column_of_encoded_features
 from tabular_mlops.thresholds import expected_cost, tune_threshold
@@ -28,6 +34,7 @@ from tests.conftest import (
     CHURN_CSV,
     PROJECT_DIR,
     leave_no_run_behind,
+    pickled_copy_of,
     point_mlflow_at,
 )
 
@@ -295,6 +302,24 @@ def test_a_check_process_out_of_time_is_stopped_with_what_it_started(tmp_path: P
     status = Path(f"/proc/{child_pid.read_text()}/status")
     # Gone, or a zombie waiting for whoever adopted it.
     assert not status.exists() or "State:\tZ" in status.read_text()
+
+
+@TRAINS
+def test_a_pickled_pipeline_is_wrapped_only_if_its_author_is_trusted(store: Wrapped) -> None:
+    pickled = pickled_copy_of(store.trained.run_id)
+    config = config_for(
+        {
+            "custom_model.registered_model_name": "from-pickle",
+            "custom_model.wheel_dir": str(store.directory / "wheels"),
+            "custom_model.check_env_manager": "none",
+        }
+    )
+    with pytest.raises(PromotionError, match=r"is saved with cloudpickle, not skops: loading"):
+        custom_model.custom_model(config, model_uri=pickled.model_uri)
+    assert not mlflow.MlflowClient().search_registered_models("name = 'from-pickle'")
+    trusting = config.model_copy(update={"trust": TrustConfig(allow_pickle=True)})
+    result = custom_model.custom_model(trusting, model_uri=pickled.model_uri)
+    assert registry.aliases("from-pickle") == {"champion": result.registered_version}
 
 
 # Parts

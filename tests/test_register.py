@@ -17,7 +17,13 @@ from tabular_mlops.errors import PromotionError
 from tabular_mlops.promotion import DECISION_ARTIFACT, Verdict
 from tabular_mlops.registry import REVIEW_TAG
 from tabular_mlops.tracking import Tag
-from tests.conftest import CHURN_CONFIG, CHURN_CSV, leave_no_run_behind, point_mlflow_at
+from tests.conftest import (
+    CHURN_CONFIG,
+    CHURN_CSV,
+    leave_no_run_behind,
+    pickled_copy_of,
+    point_mlflow_at,
+)
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 LOW_BAR = {"promotion.threshold": 0.7}  # lets the weak model through, on its own
@@ -263,6 +269,24 @@ def test_challenger_that_fails_to_load_never_gets_an_alias(
     assert "cannot serve" in run.data.tags[Tag.ERROR] and "model.skops" in run.data.tags[Tag.ERROR]
     assert decision_record(run.info.run_id)["verdict"] == "failed_to_load"
     assert caplog.records[-1].getMessage() == run.data.tags[Tag.ERROR]
+
+
+@TRAINS
+def test_a_pickled_candidate_is_refused_unless_its_author_is_trusted(
+    store: Trained, caplog: pytest.LogCaptureFixture
+) -> None:
+    pickled = pickled_copy_of(store.strong)
+    argv = ["--config", str(CHURN_CONFIG), "--run-id", pickled.run_id]
+    argv += ["--data-path", str(CHURN_CSV), "--registered-model-name", "pickled"]
+    with caplog.at_level(logging.ERROR):
+        assert register.main(argv) == 1
+    assert caplog.records[-1].getMessage() == (
+        f"model {pickled.model_uri} is saved with cloudpickle, not skops: loading it would run "
+        "code of whoever logged it; pass -P allow_pickle=true only if you trust them"
+    )
+    assert version_count("pickled") == 0  # refused before anything was registered
+    assert register.main([*argv, "--allow-pickle", "true"]) == 0
+    assert aliases("pickled")[CHAMPION] == 1
 
 
 @TRAINS
