@@ -80,6 +80,7 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     """Review a candidate (`run_id`, or the experiment's best run) for `champion`."""
     promotion = config.require_promotion()
     name = config.tracking.registered_model_name
+    registry.complete_interrupted_moves(name)  # before anything reads the aliases
     # A wrong run id, or a model that is not safe to load, fails before any work.
     given = _candidate_from_run(run_id, config.tracking.model_name) if run_id else None
     if given:
@@ -164,14 +165,23 @@ def _review(
     decision.champion_metrics = dict(champion_result.metrics) if champion_result else {}
 
     passed, decision.reason = judge(promotion, challenger_result, champion_result)
+    if passed and not dry_run:
+        # Both aliases in one step, only if `champion` is still the version just compared.
+        moves = {promotion.champion_alias: version}
+        if champion is not None:
+            moves = {promotion.previous_champion_alias: champion} | moves
+        try:
+            registry.move_aliases(name, moves, {promotion.champion_alias: champion}, _run_id())
+        except registry.AliasesMovedError as moved:
+            passed = False
+            decision.reason = (
+                f"{moved}: the challenger was compared with version {champion}, not with the "
+                "champion now; run register again to compare it with that one"
+            )
     decision.verdict = Verdict.PASSED if passed else Verdict.REJECTED
     if dry_run:
         return
     registry.set_review(name, version, decision.verdict)
-    if passed:
-        if champion is not None:
-            registry.move_alias(name, promotion.previous_champion_alias, champion)
-        registry.move_alias(name, promotion.champion_alias, version)
     decision.applied = True
 
 
@@ -180,6 +190,7 @@ def rollback(config: ProjectConfig, dry_run: bool) -> Decision:
     rollback cannot bring the withdrawn version back)."""
     promotion = config.require_promotion()
     name = config.tracking.registered_model_name
+    registry.complete_interrupted_moves(name)
     before = registry.aliases(name)
     previous = before.get(promotion.previous_champion_alias)
     if previous is None:
@@ -188,8 +199,13 @@ def rollback(config: ProjectConfig, dry_run: bool) -> Decision:
         )
     current = before.get(promotion.champion_alias)
     if not dry_run:
-        registry.move_alias(name, promotion.champion_alias, previous)
-        registry.delete_alias(name, promotion.previous_champion_alias)
+        # `previous-champion` is cleared (not left equal to `champion`) in the same step.
+        moves = {promotion.champion_alias: previous, promotion.previous_champion_alias: None}
+        expected = {promotion.champion_alias: current, promotion.previous_champion_alias: previous}
+        try:
+            registry.move_aliases(name, moves, expected, _run_id())
+        except registry.AliasesMovedError as moved:
+            raise PromotionError(f"rollback not done: {moved}; run it again") from None
         if current is not None:
             registry.set_review(name, current, Verdict.ROLLED_BACK)
     return Decision(
@@ -204,6 +220,11 @@ def rollback(config: ProjectConfig, dry_run: bool) -> Decision:
         champion_version=current,
         aliases_after=registry.aliases(name),
     )
+
+
+def _run_id() -> str:
+    run = mlflow.active_run()
+    return run.info.run_id if run else "none"
 
 
 def check_loads(model_uri: str) -> None:

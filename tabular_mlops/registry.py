@@ -1,7 +1,11 @@
 """Model registry: versions, their descriptions and aliases (stages are deprecated)."""
 
+import json
 import logging
+import os
 import re
+import signal
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,6 +16,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from sqlite_store_lock import sqlite_path, store_lock
 from tabular_mlops.config import HEADLINE_METRICS
 from tabular_mlops.errors import PromotionError
 from tabular_mlops.tracking import Tag
@@ -23,6 +28,20 @@ REVIEW_TAG = "validation_status"
 # The latest versions `versions_table` lists.
 LISTED_VERSIONS = 100
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+# Tag on a registered model while its aliases move: the moves, so that a process killed
+# half-way is completed by the next `register` (see move_aliases).
+ALIAS_INTENT_TAG = "alias_moves_in_progress"
+# Set to `between_alias_moves` (tests only), a process kills itself after the first move.
+FAULT_ENV = "TABULAR_MLOPS_FAULT"
+
+
+class AliasesMovedError(Exception):
+    """Aliases were not where the caller saw them: someone else moved them meanwhile."""
+
+    def __init__(self, name: str, moved: dict[str, tuple[int | None, int | None]]) -> None:
+        self.moved = moved  # alias -> (expected version, current version)
+        shown = ", ".join(f"{a} v{was} -> v{now}" for a, (was, now) in moved.items())
+        super().__init__(f"aliases of {name} moved meanwhile: {shown}")
 
 
 @dataclass(frozen=True)
@@ -153,6 +172,61 @@ def first_alias_version_uri(name: str, candidates: list[str]) -> str:
         f"no version of {name!r} has alias {' or '.join(map(repr, candidates))}: "
         "run train_basic (and register) first, or pass -P model_uri=..."
     )
+
+
+def move_aliases(
+    name: str, moves: dict[str, int | None], expected: dict[str, int | None], run_id: str
+) -> None:
+    """Move several aliases of `name` as one step (None deletes an alias), only if the
+    aliases in `expected` are still where the caller saw them (else AliasesMovedError and
+    nothing moves). The moves are recorded on the registered model first and cleared last:
+    if this process dies in between, the next call (or complete_interrupted_moves) finishes
+    them. On a sqlite store, concurrent callers are serialised by a file lock."""
+    with _registry_lock():
+        complete_interrupted_moves(name)
+        now = aliases(name)
+        if moved := {a: (v, now.get(a)) for a, v in expected.items() if now.get(a) != v}:
+            raise AliasesMovedError(name, moved)
+        client = mlflow.MlflowClient()
+        intent = {"moves": moves, "run_id": run_id}
+        client.set_registered_model_tag(name, ALIAS_INTENT_TAG, json.dumps(intent))
+        _apply_moves(name, moves)
+        client.delete_registered_model_tag(name, ALIAS_INTENT_TAG)
+
+
+def complete_interrupted_moves(name: str) -> dict[str, int | None] | None:
+    """Finish alias moves a killed process left half-done (see move_aliases): the moves
+    finished, or None if there were none."""
+    try:
+        tags = mlflow.MlflowClient().get_registered_model(name).tags
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    if ALIAS_INTENT_TAG not in tags:
+        return None
+    intent = json.loads(tags[ALIAS_INTENT_TAG])
+    logger.warning("completing alias moves of %s interrupted in run %s", name, intent["run_id"])
+    _apply_moves(name, intent["moves"], faults=False)
+    mlflow.MlflowClient().delete_registered_model_tag(name, ALIAS_INTENT_TAG)
+    return intent["moves"]
+
+
+def _apply_moves(name: str, moves: dict[str, int | None], faults: bool = True) -> None:
+    existing = aliases(name)
+    for number, (alias, version) in enumerate(moves.items()):
+        if faults and number == 1 and os.environ.get(FAULT_ENV) == "between_alias_moves":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if version is None:
+            if alias in existing:
+                delete_alias(name, alias)
+        else:
+            move_alias(name, alias, version)
+
+
+def _registry_lock() -> AbstractContextManager[None]:
+    uri = mlflow.get_registry_uri()
+    return store_lock(uri) if uri.startswith("sqlite:") and sqlite_path(uri) else nullcontext()
 
 
 def move_alias(name: str, alias: str, version: int) -> None:

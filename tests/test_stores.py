@@ -1,4 +1,4 @@
-"""First use of a new sqlite store from many processes at once (tabular_mlops.stores)."""
+"""First use of a new sqlite store from many processes at once (sqlite_store_lock)."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tabular_mlops import stores
+import sqlite_store_lock as stores
 from tests.conftest import users_environment
 
 PROCESSES = 8

@@ -1,22 +1,27 @@
-"""sqlite stores that are safe to use for the first time from several processes at once.
+"""MLflow's sqlite stores, safe to use for the first time from several processes at once.
 
 MLflow creates and migrates a new sqlite store when a process first opens it; several
 processes opening a new file together run the migration together, and all but one fail
 (`ALTER TABLE metrics ADD COLUMN step`: duplicate column). Two `mlflow run
 --experiment-name churn` on a store without that experiment both create it, and one fails.
 
-This module is registered (pyproject.toml's entry points) as MLflow's store for `sqlite`
-URIs, in every process of an environment where the project is installed (`mlflow run`
-itself included): MLflow's own stores, opened under an exclusive file lock beside the
+This package is registered (pyproject.toml's entry points) as MLflow's store builder for
+`sqlite` URIs, in every process of an environment where the project is installed (`mlflow
+run` itself included): MLflow's own stores, opened under an exclusive file lock beside the
 database (`<file>.lock`), and an experiment that a racing process created a moment ago is
 joined instead of being an error. Other URIs (a server, PostgreSQL) are untouched.
+
+It is a package of its own, apart from `tabular_mlops`, because MLflow imports it in
+every process, serving a model included: it imports nothing of the project.
 """
 
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,7 @@ def tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
         _get_sqlalchemy_store,
     )
 
-    with first_use_lock(store_uri):
+    with store_lock(store_uri):
         if MLFLOW_ENABLE_WORKSPACES.get():
             return _get_sqlalchemy_store(store_uri, artifact_uri)
         # As MLflow's own builder chooses the default artifact root.
@@ -49,24 +54,46 @@ def registry_store(store_uri: str) -> Any:
     from mlflow.tracking._model_registry.utils import _get_sqlalchemy_store
 
     # Registering a model already tolerates a racing creator (mlflow.register_model).
-    with first_use_lock(store_uri):
+    with store_lock(store_uri):
         return _get_sqlalchemy_store(store_uri)
 
 
 @contextmanager
-def first_use_lock(store_uri: str) -> Iterator[None]:
-    """Held while a store on this sqlite file is opened (created and migrated if new)."""
+def store_lock(store_uri: str) -> Iterator[None]:
+    """An exclusive lock on a sqlite store's file, across processes and threads, re-entrant
+    within a thread (opening a store inside a held lock must not wait for itself): held
+    while a store is opened (created and migrated if new), and while registry aliases move
+    (tabular_mlops.registry.move_aliases). A no-op for an in-memory database."""
     database = sqlite_path(store_uri)
     if database is None:  # in memory: no other process can see it
         yield
         return
-    database.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)  # releases the lock
+    key = database.resolve()
+    with _guard:
+        held = _held.setdefault(key, _Held(threading.RLock()))
+    with held.thread_lock:  # other threads of this process wait here
+        if held.depth == 0:
+            database.parent.mkdir(parents=True, exist_ok=True)
+            held.descriptor = os.open(f"{database}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(held.descriptor, fcntl.LOCK_EX)  # other processes wait here
+        held.depth += 1
+        try:
+            yield
+        finally:
+            held.depth -= 1
+            if held.depth == 0:
+                os.close(held.descriptor)  # releases the file lock
+
+
+@dataclass
+class _Held:
+    thread_lock: threading.RLock
+    depth: int = 0
+    descriptor: int = -1
+
+
+_guard = threading.Lock()
+_held: dict[Path, _Held] = {}
 
 
 def sqlite_path(store_uri: str) -> Path | None:
