@@ -101,13 +101,18 @@ class Clone:
     def tracking_uri(self) -> str:
         return f"sqlite:///{self.directory / 'mlflow.db'}"
 
-    def mlflow_run(self, *arguments: str, project: Path | None = None) -> float:
-        """`mlflow run <project> <arguments>` as a user types it; its wall time."""
-        env = os.environ | {
+    @property
+    def environment(self) -> dict[str, str]:
+        """A user's environment for `mlflow run` in this clone, on its store."""
+        return os.environ | {
             "MLFLOW_ENV_ROOT": str(self.env_root),
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         }
+
+    def mlflow_run(self, *arguments: str, project: Path | None = None) -> float:
+        """`mlflow run <project> <arguments>` as a user types it; its wall time."""
+        env = self.environment
         command = [sys.executable, "-m", "mlflow", "run", str(project or self.directory)]
         command += ["--env-manager", "local", "--experiment-name", EXPERIMENT, *arguments]
         start = time.perf_counter()

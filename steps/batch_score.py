@@ -3,14 +3,13 @@ Parquet folder, with pandas on this machine or with Spark."""
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 
-from tabular_mlops import registry, scoring, tracking
+from tabular_mlops import interrupts, registry, scoring, tracking
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -21,6 +20,7 @@ from tabular_mlops.cli import (
 )
 from tabular_mlops.config import ProjectConfig
 from tabular_mlops.errors import ConfigError
+from tabular_mlops.tags import Tag
 
 ENTRY_POINT = "batch_score"
 logger = logging.getLogger(__name__)
@@ -72,10 +72,10 @@ def batch_score(config: ProjectConfig) -> BatchScoreResult:
     with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
         tracking.log_config(config)
         model = scoring.resolve_model(uri)
-        mlflow.set_tag(tracking.Tag.SCORED_WITH, model.uri)
+        mlflow.set_tag(Tag.SCORED_WITH, model.uri)
         source = scoring.open_input(settings.input, model, config.data.id_columns)
         tracking.log_file_input(source.path, source.digest, context="scoring")
-        mlflow.set_tag(tracking.Tag.OUTPUT_PATH, str(settings.output.resolve()))
+        mlflow.set_tag(Tag.OUTPUT_PATH, str(settings.output.resolve()))
         started = time.perf_counter()
         with scoring.staged_output(settings.output, settings.overwrite) as staging:
             if settings.engine == "spark":
@@ -106,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.run_as_process(main)

@@ -3,14 +3,13 @@ check it serves the same answers everywhere, register it and point its alias at 
 
 import argparse
 import logging
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 
-from tabular_mlops import data, packaging, registry, tracking
+from tabular_mlops import data, interrupts, packaging, registry, tracking
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -21,6 +20,7 @@ from tabular_mlops.cli import (
 )
 from tabular_mlops.config import ProjectConfig
 from tabular_mlops.errors import PromotionError
+from tabular_mlops.tags import Tag
 
 ENTRY_POINT = "custom_model"
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
         source_uri = model_uri or registry.first_alias_version_uri(
             config.tracking.registered_model_name, custom.source_aliases
         )
-        mlflow.set_tag(tracking.Tag.SOURCE_MODEL_URI, source_uri)
+        mlflow.set_tag(Tag.SOURCE_MODEL_URI, source_uri)
         registry.refuse_pickled(source_uri, config.trust.allow_pickle)
         pipeline_dir = Path(scratch) / wrapper.PIPELINE_ARTIFACT
         pipeline_dir.mkdir()
@@ -107,12 +107,12 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
         )
 
         wheel = packaging.build_wheel(custom.package_dir, custom.wheel_dir)
-        mlflow.set_tag(tracking.Tag.WHEEL, wheel.name)
+        mlflow.set_tag(Tag.WHEEL, wheel.name)
         settings = wrapper.model_config(tuned.threshold, custom)
         info = wrapper.log_wrapped_model(
             pipeline_dir, settings, custom, wheel, config.tracking.model_name
         )
-        mlflow.set_tag(tracking.Tag.MODEL_URI, info.model_uri)
+        mlflow.set_tag(Tag.MODEL_URI, info.model_uri)
 
         version = registry.register_run_model(run.info.run_id, info.model_uri, name)
         model_dir = Path(
@@ -139,4 +139,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.run_as_process(main)

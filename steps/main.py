@@ -6,7 +6,6 @@ earlier run is reused instead (see tabular_mlops.chain); `--force true` reruns t
 import argparse
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -14,12 +13,12 @@ from types import ModuleType
 import mlflow
 
 from steps import custom_model, register, track, train_basic
-from tabular_mlops import chain, data, registry, tracking
+from tabular_mlops import chain, data, interrupts, registry, tracking
 from tabular_mlops.chain import StepCall, StepRun
 from tabular_mlops.cli import boolean, config_parser, configure_logging, run_with_config, unset_or
 from tabular_mlops.config import ProjectConfig, PromotionConfig
 from tabular_mlops.errors import StepFailedError
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 
 ENTRY_POINT = "main"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -202,4 +201,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.run_as_process(main)

@@ -1,16 +1,16 @@
-"""Entry point `register`: review a candidate for `champion`, roll back, or list versions."""
+"""Entry point `register`: review a candidate for `champion`, roll back, list versions,
+or list (`stale`) and end (`reap`) runs left RUNNING by a process that is gone."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import mlflow
 
-from tabular_mlops import registry, tracking
+from tabular_mlops import interrupts, registry, stale_runs, tracking
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tabular_mlops import promotion
 
 ENTRY_POINT = "register"
-ACTIONS = ("promote", "rollback", "list")
+ACTIONS = ("promote", "rollback", "list", "stale", "reap")
 logger = logging.getLogger(__name__)
 
 # Parameter -> config key it overrides.
@@ -38,13 +38,15 @@ OVERRIDES = {
     "min_improvement": "promotion.min_improvement",
     "holdout_path": "promotion.holdout_path",
     "allow_pickle": "trust.allow_pickle",
+    "stale_after_hours": "tracking.stale_after_hours",
 }
 
 
 @dataclass(frozen=True)
 class RegisterResult:
     run_id: str
-    decision: promotion.Decision | None  # None for `list`
+    decision: promotion.Decision | None  # None for `list`, `stale`, `reap`
+    stale: list[stale_runs.StaleRun] = field(default_factory=list)  # `stale`, `reap`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-improvement", type=unset_or(number))
     parser.add_argument("--holdout-path", type=text)
     parser.add_argument("--allow-pickle", type=unset_or(boolean))
+    parser.add_argument("--stale-after-hours", type=unset_or(number))
     return parser
 
 
@@ -73,10 +76,13 @@ def register(
     # Heavy (sklearn, LightGBM): imported when the step runs (see train_basic).
     from tabular_mlops import promotion
 
+    if action in ("stale", "reap"):
+        return _stale_runs(config, reap=action == "reap")
     config.require_promotion()  # before any run: a config without it is a user error
     name = config.tracking.registered_model_name
     with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
         tracking.log_config(config)
+        registry.complete_interrupted_moves(name)  # first, whatever the action
         decision = None
         if action == "rollback":
             decision = promotion.rollback(config, dry_run)
@@ -97,6 +103,23 @@ def register(
     return RegisterResult(run.info.run_id, decision)
 
 
+def _stale_runs(config: ProjectConfig, reap: bool) -> RegisterResult:
+    with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
+        tracking.log_config(config)
+        experiments = {run.info.experiment_id}
+        if named := mlflow.get_experiment_by_name(config.tracking.experiment_name):
+            experiments.add(named.experiment_id)
+        stale = stale_runs.find_stale(sorted(experiments), config.tracking.stale_after_hours)
+        if reap:
+            stale_runs.reap(stale)
+        table = stale_runs.as_table(stale)
+        mlflow.log_text(table, "maintenance/stale_runs.md")
+        mlflow.log_metric("stale_runs", len(stale))
+    verb = "ended KILLED" if reap else "found (end them with -P action=reap)"
+    print(f"{len(stale)} stale run(s) {verb}:\n{table}")
+    return RegisterResult(run.info.run_id, None, stale)
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     args = parse_args(argv)
@@ -106,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.run_as_process(main)

@@ -2,11 +2,10 @@
 
 import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from tabular_mlops import data, tracking
+from tabular_mlops import data, interrupts, tracking
 from tabular_mlops.cli import (
     config_parser,
     configure_logging,
@@ -114,4 +113,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.run_as_process(main)

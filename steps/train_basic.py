@@ -2,10 +2,9 @@
 
 import argparse
 import logging
-import sys
 from dataclasses import dataclass
 
-from tabular_mlops import data, registry, tracking
+from tabular_mlops import data, interrupts, registry, tracking
 from tabular_mlops.cli import (
     config_parser,
     configure_logging,
@@ -105,4 +104,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.run_as_process(main)

@@ -36,9 +36,9 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_PROJECT_ENV,
 )
 
-from tabular_mlops import registry, tracking
+from tabular_mlops import interrupts, registry, tracking
 from tabular_mlops.errors import StepFailedError
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ def in_process_launcher(mains: StepMains) -> Launcher:
                 f"step {call.entry_point}: cannot run {command!r} in process "
                 f"(expected python -m one of {', '.join(mains)})"
             )
-        with _step_environment(
-            context.project_dir, get_run_env_vars(run_id, context.experiment_id)
+        with (
+            interrupts.run_ends_killed(run_id),
+            _step_environment(context.project_dir, get_run_env_vars(run_id, context.experiment_id)),
         ):
             code = _exit_code(mains[module], argv)
         status = RunStatus.FINISHED if code == 0 else RunStatus.FAILED

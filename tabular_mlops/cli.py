@@ -13,7 +13,8 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, M
 
 from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
 from tabular_mlops.errors import UserInputError
-from tabular_mlops.tracking import MAX_TAG_LENGTH, Tag, configure_tracking
+from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
+from tabular_mlops.tracking import configure_tracking
 
 logger = logging.getLogger(__name__)
 

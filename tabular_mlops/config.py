@@ -198,6 +198,9 @@ class TrackingConfig(_Section):
     # Moved to every version `train_basic` registers.
     alias: Alias = "latest-model"
     prediction_sample_rows: int = Field(20, ge=1)
+    # A RUNNING run whose process cannot be checked from here (another host, none
+    # recorded) is taken for stale after this long (`register -P action=stale|reap`).
+    stale_after_hours: float = Field(24.0, gt=0)
 
 
 class PromotionConfig(_Section):

@@ -16,7 +16,8 @@ from sklearn.pipeline import Pipeline
 from tabular_mlops.config import HEADLINE_METRICS
 from tabular_mlops.pipeline import feature_importance
 from tabular_mlops.plots import pyplot
-from tabular_mlops.tracking import Tag, quiet_integer_schema_hint
+from tabular_mlops.tags import Tag
+from tabular_mlops.tracking import quiet_integer_schema_hint
 
 LABEL_COLUMN = "__label__"
 _TOP_FEATURES_PLOTTED = 20

@@ -17,10 +17,10 @@ from mlflow.entities import Run
 from mlflow.models import EvaluationResult, MetricThreshold
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 
-from tabular_mlops import data, evaluation, registry, tracking
+from tabular_mlops import data, evaluation, interrupts, registry, stale_runs, tracking
 from tabular_mlops.config import ProjectConfig, PromotionConfig
 from tabular_mlops.errors import PromotionError
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,9 @@ def _review(
 
     passed, decision.reason = judge(promotion, challenger_result, champion_result)
     if passed and not dry_run:
+        # Tagged before it can become champion, so that a champion always shows it passed,
+        # even when a later `register` completes moves this process was killed amid.
+        registry.set_review(name, version, Verdict.PASSED)
         # Both aliases in one step, only if `champion` is still the version just compared.
         moves = {promotion.champion_alias: version}
         if champion is not None:
@@ -283,7 +286,7 @@ def log_decision(decision: Decision) -> None:
     mlflow.set_tags(
         {
             Tag.VERDICT: str(decision.verdict),
-            Tag.VERDICT_REASON: decision.reason[: tracking.MAX_TAG_LENGTH],
+            Tag.VERDICT_REASON: decision.reason[:MAX_TAG_LENGTH],
         }
     )
 
@@ -392,8 +395,14 @@ def _warn_if_not_held_out(champion: int, run_id: str, trained_on: dict[str, str]
 def _evaluate(role: str, model_uri: str, holdout: data.Holdout) -> EvaluationResult:
     """Evaluate in a child run of the register run, so both evaluations keep every metric
     and plot side by side."""
-    tags = {Tag.ENTRY_POINT: "register", Tag.ROLE: role, Tag.EVALUATED_MODEL_URI: model_uri}
-    with mlflow.start_run(run_name=f"evaluate {role}", nested=True, tags=tags):
+    tags = {
+        Tag.ENTRY_POINT: "register",
+        Tag.PROCESS: stale_runs.this_process(),
+        Tag.ROLE: role,
+        Tag.EVALUATED_MODEL_URI: model_uri,
+    }
+    run = mlflow.start_run(run_name=f"evaluate {role}", nested=True, tags=tags)
+    with run, interrupts.run_ends_killed(run.info.run_id):
         return evaluation.evaluate_model(model_uri, holdout.X, holdout.y)
 
 

@@ -2,9 +2,7 @@
 
 import json
 import logging
-import os
 import re
-import signal
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,7 +17,8 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from sqlite_store_lock import sqlite_path, store_lock
 from tabular_mlops.config import HEADLINE_METRICS
 from tabular_mlops.errors import PromotionError
-from tabular_mlops.tracking import Tag
+from tabular_mlops.faults import FaultPoint, crash_if_injected
+from tabular_mlops.tags import Tag
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +30,6 @@ _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 # Tag on a registered model while its aliases move: the moves, so that a process killed
 # half-way is completed by the next `register` (see move_aliases).
 ALIAS_INTENT_TAG = "alias_moves_in_progress"
-# Set to `between_alias_moves` (tests only), a process kills itself after the first move.
-FAULT_ENV = "TABULAR_MLOPS_FAULT"
 
 
 class AliasesMovedError(Exception):
@@ -215,8 +212,8 @@ def complete_interrupted_moves(name: str) -> dict[str, int | None] | None:
 def _apply_moves(name: str, moves: dict[str, int | None], faults: bool = True) -> None:
     existing = aliases(name)
     for number, (alias, version) in enumerate(moves.items()):
-        if faults and number == 1 and os.environ.get(FAULT_ENV) == "between_alias_moves":
-            os.kill(os.getpid(), signal.SIGKILL)
+        if faults and number == 1:
+            crash_if_injected(FaultPoint.BETWEEN_ALIAS_MOVES)
         if version is None:
             if alias in existing:
                 delete_alias(name, alias)

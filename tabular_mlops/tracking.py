@@ -23,9 +23,12 @@ from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 
+from tabular_mlops import interrupts, stale_runs
 from tabular_mlops.config import ProjectConfig, TrackingConfig
 from tabular_mlops.data import LabeledTable
 from tabular_mlops.errors import UserInputError
+from tabular_mlops.faults import FaultPoint, crash_if_injected
+from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
@@ -38,41 +41,8 @@ PIPELINE_MODEL_TYPE = "sklearn-pipeline-lightgbm"
 WRAPPER_MODEL_TYPE = "pyfunc-wrapper"
 INPUT_EXAMPLE_ROWS = 5
 SCHEMA_SAMPLE_ROWS = 1000
-MAX_TAG_LENGTH = 5000
 # The tag MLflow's UI shows as an experiment's (or run's) description.
 DESCRIPTION_TAG = "mlflow.note.content"
-
-
-class Tag:
-    """Tags this project sets on its runs (MLflow's own `mlflow.*` tags come on top)."""
-
-    ENTRY_POINT = "entry_point"
-    GIT_COMMIT = "git_commit"
-    GIT_DIRTY = "git_dirty"
-    DATASET_DIGEST = "dataset_digest"
-    MODEL_TYPE = "model_type"
-    MODEL_URI = "model_uri"
-    ERROR = "error"
-    # batch_score: the model version that answered, where the answers went
-    SCORED_WITH = "scored_with"  # models:/<name>/<version>
-    OUTPUT_PATH = "output_path"
-    # register
-    VERDICT = "verdict"
-    VERDICT_REASON = "verdict_reason"
-    ROLE = "role"  # of an evaluation child run: challenger or champion
-    EVALUATED_MODEL_URI = "evaluated_model_uri"
-    # custom_model
-    SOURCE_MODEL_URI = "source_model_uri"  # the pipeline wrapped
-    WHEEL = "wheel"
-    CHECKS = "checks"  # where the model's answers were found identical
-    # register, custom_model: the version an alias pointed at when the run finished
-    CHAMPION_URI = "champion_uri"  # models:/<name>/<version>
-    CHAMPION_ALIAS = "champion_alias"
-    # track
-    BASELINE_RUN_ID = "baseline_run_id"  # the untuned run it is compared with
-    # main: what a step's run was keyed and fed by (see tabular_mlops.chain)
-    CACHE_KEY = "cache_key"
-    UPSTREAM_PREFIX = "upstream."  # + step name -> the run id the step consumed
 
 
 def configure_tracking() -> str:
@@ -87,7 +57,8 @@ def configure_tracking() -> str:
 def project_run(
     config: ProjectConfig, entry_point: str, model_type: str | None = PIPELINE_MODEL_TYPE
 ) -> Iterator[mlflow.ActiveRun]:
-    """The run an entry point logs to; it ends FAILED, with an `error` tag, on any error.
+    """The run an entry point logs to; it ends FAILED, with an `error` tag, on any error,
+    and KILLED when the process is interrupted (see tabular_mlops.interrupts).
 
     Under `mlflow run` that is the run MLflow opened (MLFLOW_RUN_ID), in the experiment
     `mlflow run` chose; otherwise a new run in the config's experiment.
@@ -110,8 +81,8 @@ def project_run(
         run = mlflow.start_run(run_name=entry_point)
     logger.info("run %s in %s", run.info.run_id, tracking_uri)
     describe_experiment(run.info.experiment_id, config.tracking)
-    with run:
-        tags = {Tag.ENTRY_POINT: entry_point, **git_tags()}
+    with run, interrupts.run_ends_killed(run.info.run_id):
+        tags = {Tag.ENTRY_POINT: entry_point, Tag.PROCESS: stale_runs.this_process(), **git_tags()}
         mlflow.set_tags(tags | ({Tag.MODEL_TYPE: model_type} if model_type else {}))
         try:
             yield run
@@ -240,6 +211,8 @@ def log_pipeline(
     """Log the fitted pipeline with the sklearn flavor, saved with skops (not pickle)."""
     # Imported here, as sklearn in tabular_mlops.data.split.
     from tabular_mlops.pipeline import SKOPS_TRUSTED_TYPES, pip_requirements
+
+    crash_if_injected(FaultPoint.BEFORE_MODEL_LOGGED)
 
     input_example = X_train.head(INPUT_EXAMPLE_ROWS)
     with quiet_integer_schema_hint():

@@ -44,12 +44,13 @@ from sklearn.base import clone
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from tabular_mlops import interrupts
 from tabular_mlops.config import ProjectConfig, SearchDimension, TuningConfig
 from tabular_mlops.data import FeatureSpec
 from tabular_mlops.pipeline import build_classifier, build_preprocessing, configured_threads
 from tabular_mlops.plots import pyplot
 from tabular_mlops.resources import TuningThreads, plan_tuning_threads
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ _STUDY_CREATION_RETRIES = 4
 # Parent-run tags every trial run carries too.
 _INHERITED_TAGS = (
     Tag.ENTRY_POINT,
+    Tag.PROCESS,
     Tag.GIT_COMMIT,
     Tag.GIT_DIRTY,
     Tag.DATASET_DIGEST,
@@ -287,14 +289,15 @@ def tune(
             tags=trial_tags | {TRIAL_TAG: str(trial.number)},
         )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        try:
-            classifier = build_classifier(
-                config.model.with_values(params), config.split.seed, threads.model_threads
-            )
-            result = cv.score(trial, classifier)
-        except BaseException:
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            raise
+        with interrupts.run_ends_killed(run.info.run_id):
+            try:
+                classifier = build_classifier(
+                    config.model.with_values(params), config.split.seed, threads.model_threads
+                )
+                result = cv.score(trial, classifier)
+            except Exception:
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+                raise
         now = int(time.time() * 1000)
         state = _PRUNED if result.pruned else _COMPLETE
         client.log_batch(

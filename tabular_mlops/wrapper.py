@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,13 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
+from tabular_mlops import interrupts
 from tabular_mlops.config import CustomModelConfig
 from tabular_mlops.errors import PromotionError
+from tabular_mlops.faults import FaultPoint, crash_if_injected
 from tabular_mlops.pipeline import pip_requirements
-from tabular_mlops.tracking import INPUT_EXAMPLE_ROWS, Tag
+from tabular_mlops.tags import Tag
+from tabular_mlops.tracking import INPUT_EXAMPLE_ROWS
 
 logger = logging.getLogger(__name__)
 
@@ -200,11 +203,23 @@ def predict_in_isolated_env(
         request.write_text(json.dumps(serving_example | {"params": CHECK_PARAMS}))
         command = [sys.executable, "-c", _ISOLATED_ENV_SCRIPT, str(model_dir), env_manager]
         label = f"mlflow models predict --env-manager {env_manager}"
-        _run([*command, str(request), str(output)], scratch, label, timeout_seconds)
+        _run(
+            [*command, str(request), str(output)],
+            scratch,
+            label,
+            timeout_seconds,
+            FaultPoint.DURING_ISOLATED_CHECK,
+        )
         return json.loads(output.read_text())
 
 
-def _run(command: list[str], cwd: str, label: str, timeout_seconds: float) -> str:
+def _run(
+    command: list[str],
+    cwd: str,
+    label: str,
+    timeout_seconds: float,
+    fault_point: FaultPoint | None = None,
+) -> str:
     """`command`'s output; a failure, or no answer within `timeout_seconds` (the command
     and every process it started are then killed), is a RuntimeError saying so."""
     # PYTHONPATH would put this project on the path. PYTHONDONTWRITEBYTECODE would make the
@@ -223,8 +238,11 @@ def _run(command: list[str], cwd: str, label: str, timeout_seconds: float) -> st
         text=True,
         start_new_session=True,
     )
+    if fault_point is not None:
+        crash_if_injected(fault_point)
     try:
-        stdout, stderr = process.communicate(timeout=timeout_seconds)
+        with interrupts.killed_with_this_process(process):
+            stdout, stderr = process.communicate(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
@@ -232,6 +250,10 @@ def _run(command: list[str], cwd: str, label: str, timeout_seconds: float) -> st
             f"{label} did not answer within {timeout_seconds:g} s "
             "(custom_model.check_timeout_seconds)"
         ) from None
+    except BaseException:  # interrupted (Ctrl-C in a notebook, say): the check goes too
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
     if process.returncode != 0:
         logger.warning("%s", stderr[-3000:])  # the whole story; the error says the end
         lines = [line for line in stderr.splitlines() if line.strip()]

@@ -244,14 +244,7 @@ def mlflow_run(
 ) -> subprocess.CompletedProcess[str]:
     """`mlflow run` as a user types it; `local` uses this venv (and its `uv`). With
     `tracking_uri` None, MLflow's default applies: ./mlflow.db in the project."""
-    env = users_environment() | {
-        "MLFLOW_ENV_ROOT": str(session_env_root(project)),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    if tracking_uri is not None:
-        env["MLFLOW_TRACKING_URI"] = tracking_uri
-    env |= extra_env or {}
+    env = mlflow_run_environment(project, tracking_uri) | (extra_env or {})
     command = [sys.executable, "-m", "mlflow", "run", str(project), "-e", entry_point]
     command += ["--env-manager", env_manager, "--experiment-name", experiment]
     for parameter in parameters:
@@ -259,6 +252,19 @@ def mlflow_run(
     return subprocess.run(
         command, cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
+
+
+def mlflow_run_environment(project: Path, tracking_uri: str | None) -> dict[str, str]:
+    """The environment `mlflow run` is given: a user's, with this venv first on PATH, the
+    session's environment root and `tracking_uri` (None: MLflow's default)."""
+    env = users_environment() | {
+        "MLFLOW_ENV_ROOT": str(session_env_root(project)),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    # What an in-process test may have left (mlflow.set_experiment sets it), a shell not.
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):
+        env.pop(name, None)
+    return env | ({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})
 
 
 def users_environment() -> dict[str, str]:

@@ -12,6 +12,7 @@ import mlflow
 import pytest
 
 from tabular_mlops import registry
+from tabular_mlops.faults import FAULT_ENV, FaultPoint
 from tests.conftest import users_environment
 
 NAME = "model"
@@ -65,7 +66,7 @@ def test_a_process_killed_between_the_moves_is_finished_by_the_next(
     moves, expected = {PREVIOUS: 1, CHAMPION: 2}, {CHAMPION: 1}
     killed = subprocess.run(
         [sys.executable, "-c", _MOVE, tracking_uri, json.dumps(moves), json.dumps(expected)],
-        env=users_environment() | {registry.FAULT_ENV: "between_alias_moves"},
+        env=users_environment() | {FAULT_ENV: FaultPoint.BETWEEN_ALIAS_MOVES},
         capture_output=True,
         text=True,
     )

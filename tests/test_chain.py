@@ -17,7 +17,7 @@ from tabular_mlops.chain import ChainContext, StepCall
 from tabular_mlops.cli import ArgumentParser
 from tabular_mlops.config import PromotionConfig, load_config
 from tabular_mlops.errors import StepFailedError
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tests.conftest import CHURN_CONFIG, PROJECT_DIR
 
 

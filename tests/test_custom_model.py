@@ -27,8 +27,8 @@ from tabular_mlops.config import (
 )
 from tabular_mlops.errors import ConfigError, PromotionError
 from tabular_mlops.pipeline import build_pipeline, input_column_of_encoded_features
+from tabular_mlops.tags import Tag
 from tabular_mlops.thresholds import expected_cost, tune_threshold
-from tabular_mlops.tracking import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,

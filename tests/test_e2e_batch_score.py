@@ -16,7 +16,7 @@ import pytest
 from tabular_custom_model import ChurnModel
 
 from steps import batch_score
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     churn_frame,

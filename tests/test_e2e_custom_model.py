@@ -3,6 +3,7 @@ registered model behind `mlflow models serve`, with `--env-manager local` and `u
 
 import io
 import json
+import signal
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -15,14 +16,16 @@ import pandas as pd
 import pytest
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
+from bench.interrupts import ISOLATED_CHECK, interrupt
 from tabular_mlops import data
 from tabular_mlops.config import load_config
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
     SERVICE_URI,
     mlflow_run,
+    mlflow_run_environment,
     new_store,
     post,
     served,
@@ -196,3 +199,19 @@ def test_nulls_unseen_categories_and_extra_columns_are_answered(
     np.testing.assert_allclose(
         got["probability"], pipeline.predict_proba(expected)[:, 1], rtol=0, atol=1e-9
     )
+
+
+def test_custom_model_stopped_during_its_isolated_check(service: Service, project: Path) -> None:
+    # Last in this module: it leaves a version of the service model with no alias.
+    environment = mlflow_run_environment(project, service.store)
+    use_store(service.store)
+    champion = mlflow.MlflowClient().get_model_version_by_alias("churn-service", "champion")
+    result = interrupt(
+        project, environment, "custom_model", [], signal.SIGTERM, False, ISOLATED_CHECK, 1.0
+    )
+    assert result.seconds_to_end < 5.0, result.output[-3000:]
+    assert result.left_behind == []  # the check's processes went with the step
+    assert result.statuses == {"KILLED": 1}
+    assert result.errors == {"interrupted by SIGTERM"}
+    now = mlflow.MlflowClient().get_model_version_by_alias("churn-service", "champion")
+    assert now.version == champion.version

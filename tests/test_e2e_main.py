@@ -18,7 +18,7 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_PROJECT_ENV,
 )
 
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     E2E_EXPERIMENT,

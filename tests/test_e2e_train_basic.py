@@ -7,7 +7,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ from tabular_mlops.config import ProjectConfig, load_config
 from tabular_mlops.errors import PromotionError
 from tabular_mlops.promotion import DECISION_ARTIFACT, Verdict
 from tabular_mlops.registry import REVIEW_TAG
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,

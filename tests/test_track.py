@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from steps import track
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tabular_mlops.tuning import (
     BEST_ITERATION,
     FOLDS_COMPLETED,

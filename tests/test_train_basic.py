@@ -11,7 +11,7 @@ import pytest
 from mlflow.entities import RunStatus
 
 from steps import train_basic
-from tabular_mlops.tracking import Tag
+from tabular_mlops.tags import Tag
 from tests.conftest import churn_frame, churn_settings, mixed_table, write_config
 
 # Runs the step for real (trains, logs, registers): not in the fast loop.

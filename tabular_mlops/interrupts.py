@@ -1,0 +1,231 @@
+"""Stopping cleanly on SIGTERM, SIGINT and SIGHUP.
+
+An entry point's process turns these signals into `Interrupted`, a KeyboardInterrupt, so
+that MLflow and Optuna unwind as they do for Ctrl-C (MLflow's `mlflow.run` then stops a
+child step). Each run the process opened ends KILLED with an `error` tag naming the
+signal, and the process exits with 128 + the signal's number. If the main thread cannot
+unwind within GRACE_SECONDS (native code that does not return, a library that swallows
+KeyboardInterrupt), a watchdog thread ends the runs and the process itself.
+
+`mlflow run` does not catch SIGTERM or SIGHUP: sent to it alone, it dies at once and its
+step would go on as an orphan. So a step also asks the kernel for SIGTERM when its parent
+dies (Linux), and reports that as SIGTERM. On SIGINT, `mlflow run` outlives its step and
+then marks the step's run FAILED over our KILLED (MLflow 3.x's `_maybe_set_run_terminated`
+compares a status name with status numbers, so it always overwrites): a small process
+started by the step waits for `mlflow run` to end and puts KILLED back.
+
+Import-light on purpose (no MLflow at import): `steps` installs it before importing
+anything else.
+"""
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Unwinding, then ending the runs, must fit in the 5 s a stopped step is given.
+GRACE_SECONDS = 3.0
+MARKING_SECONDS = 1.5
+RESTORE_WAIT_SECONDS = 30.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+logger = logging.getLogger(__name__)
+_open_runs: list[str] = []  # runs this process opened and has not ended, innermost last
+_open_runs_lock = threading.Lock()
+_launched_by: str | None = None  # the run `mlflow run` opened for this process
+_child_groups: set[int] = set()  # process groups of ours that signals to ours miss
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process received SIGTERM, SIGINT or SIGHUP."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {self.signal_name}")
+
+
+def install() -> None:
+    """Make SIGTERM, SIGINT and SIGHUP raise Interrupted in the main thread, and ask for
+    SIGTERM when the parent process dies."""
+    global _launched_by
+    _launched_by = os.environ.get("MLFLOW_RUN_ID")  # fluent end_run() unsets it
+    for signum in SIGNALS:
+        signal.signal(signum, _on_signal)
+    if sys.platform == "linux":
+        parent = os.getppid()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    # Once: a second signal must not cut the unwinding short; the watchdog bounds it.
+    for each in SIGNALS:
+        signal.signal(each, signal.SIG_IGN)
+    # At once: a thread waiting on one of them would hold the unwinding until it ends.
+    for group in list(_child_groups):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    watchdog = threading.Thread(target=_end_process_after_grace, args=(signum,), daemon=True)
+    watchdog.start()
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def killed_with_this_process(process: subprocess.Popen[str]) -> Iterator[None]:
+    """While inside, `process`, which leads a process group of its own (so that signals
+    to ours miss it), is killed with its group as soon as this process is interrupted."""
+    _child_groups.add(process.pid)
+    try:
+        yield
+    finally:
+        _child_groups.discard(process.pid)
+
+
+@contextlib.contextmanager
+def run_ends_killed(run_id: str) -> Iterator[None]:
+    """While inside, the run `run_id` ends KILLED, tagged with the signal, if the process
+    is interrupted (or takes a KeyboardInterrupt)."""
+    with _open_runs_lock:
+        _open_runs.append(run_id)
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        end_runs_killed([run_id], _signal_name(stop))
+        raise
+    finally:
+        with _open_runs_lock:
+            if run_id in _open_runs:
+                _open_runs.remove(run_id)
+
+
+def end_runs_killed(run_ids: list[str], signal_name: str) -> None:
+    """End each run still RUNNING as KILLED with an `error` tag; the active run (in the
+    fluent API's sense) is ended as such, so that leaving its `with` does not end it again."""
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    from tabular_mlops.tags import Tag
+
+    client = mlflow.MlflowClient()
+    killed = RunStatus.to_string(RunStatus.KILLED)
+    for run_id in run_ids:
+        try:
+            if client.get_run(run_id).info.status != "RUNNING":
+                continue
+            client.set_tag(run_id, Tag.ERROR, f"interrupted by {signal_name}")
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run_id:
+                mlflow.end_run(killed)
+            else:
+                client.set_terminated(run_id, killed)
+        except Exception as error:  # the store may be what hangs; the others still go
+            logger.warning("could not end run %s as KILLED: %s", run_id, error)
+
+
+def run_as_process(main: Callable[[], int]) -> NoReturn:
+    """Run an entry point's `main` as the process: exit with its code; interrupted, end the
+    runs left open (with the one `mlflow run` opened, MLFLOW_RUN_ID) and exit 128 + signal
+    without waiting for worker threads (a cross-validation fold, say)."""
+    try:
+        code = main()
+    except KeyboardInterrupt as stop:
+        name = _signal_name(stop)
+        end_runs_killed(_runs_to_end(), name)
+        logger.error("interrupted by %s: the runs this process opened ended KILLED", name)
+        _keep_launched_run_killed()
+        _exit_now(stop.exit_code if isinstance(stop, Interrupted) else 128 + signal.SIGINT)
+    sys.exit(code)
+
+
+def _runs_to_end() -> list[str]:
+    with _open_runs_lock:
+        runs = list(reversed(_open_runs))
+    launched_by = _launched_by or os.environ.get("MLFLOW_RUN_ID")
+    return runs + ([launched_by] if launched_by and launched_by not in runs else [])
+
+
+def _keep_launched_run_killed() -> None:
+    """If the `mlflow run` (or `mlflow.run`) that launched this process is alive, it will
+    mark our run FAILED once we exit: start a process that puts KILLED back after it."""
+    parent = os.getppid()
+    if _launched_by is None or parent == 1 or not _alive(parent):
+        return
+    command = [sys.executable, "-m", __name__, str(parent), _launched_by]
+    subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+def _restore_killed(parent: int, run_id: str) -> None:
+    """Once `parent` has ended (within a bound), end `run_id` KILLED again if it was
+    marked FAILED over its `interrupted by` error tag."""
+    import mlflow
+
+    from tabular_mlops.tags import Tag
+
+    deadline = time.monotonic() + RESTORE_WAIT_SECONDS
+    while _alive(parent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    if run.info.status == "FAILED" and run.data.tags.get(Tag.ERROR, "").startswith("interrupted"):
+        client.set_terminated(run_id, "KILLED", end_time=run.info.end_time)
+
+
+def _end_process_after_grace(signum: int) -> None:
+    threading.Event().wait(GRACE_SECONDS)
+    name = signal.Signals(signum).name
+    logger.error(
+        "still running %.0f s after %s: ending the process (main thread at %s)",
+        GRACE_SECONDS,
+        name,
+        _where_main_thread_is(),
+    )
+    # In a thread of its own: a store that hangs must not hold the exit.
+    marking = threading.Thread(target=end_runs_killed, args=(_runs_to_end(), name), daemon=True)
+    marking.start()
+    marking.join(MARKING_SECONDS)
+    _exit_now(128 + signum)
+
+
+def _where_main_thread_is() -> str:
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    stack = traceback.extract_stack(frame)[-3:] if frame else []
+    return " < ".join(
+        f"{Path(entry.filename).name}:{entry.lineno} {entry.name}" for entry in reversed(stack)
+    )
+
+
+def _exit_now(code: int) -> NoReturn:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _signal_name(stop: KeyboardInterrupt) -> str:
+    return stop.signal_name if isinstance(stop, Interrupted) else signal.SIGINT.name
+
+
+if __name__ == "__main__":  # started by _keep_launched_run_killed
+    _restore_killed(int(sys.argv[1]), sys.argv[2])
