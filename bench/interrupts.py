@@ -1,6 +1,6 @@
 """How each entry point ends when `mlflow run` is stopped by a signal.
 
-    python -m bench.interrupts [--signals SIGTERM,SIGINT,SIGHUP] [--steps ...]
+    python -m bench.interrupts [--signals SIGTERM,SIGINT,SIGHUP] [--cases track,main,...]
 
 In a clone of HEAD with a temporary store: a chain runs once (so that `register`,
 `custom_model` and `batch_score` have something to work on), then for each entry point
@@ -195,19 +195,20 @@ def _wait_until_ready(
     raise RuntimeError(f"not ready within {READY_TIMEOUT_SECONDS:g} s")
 
 
-# What each entry point is given, and when it is at work, for the bench.
-def _cases(candidate_run: str, scoring_input: Path) -> dict[str, tuple[list[str], Readiness]]:
+# What each entry point is given, and when it is at work, for the bench: label ->
+# (entry point, parameters, readiness).
+def _cases(candidate_run: str, scoring_input: Path) -> dict[str, tuple[str, list[str], Readiness]]:
     slow_training = ["n_estimators=200000", "learning_rate=0.0001"]
+    scoring = [f"input={scoring_input}", "output=scored.parquet", "overwrite=true"]
+    scoring_started = run_is_running("batch_score", Tag.OUTPUT_PATH)
     return {
-        "train_basic": (slow_training, run_is_running("train_basic", Tag.GIT_COMMIT)),
-        "track": (["n_trials=500"], run_is_running("track", TRIAL_TAG)),
-        "register": ([f"run_id={candidate_run}"], run_is_running("register", Tag.ROLE)),
-        "custom_model": ([], ISOLATED_CHECK),
-        "batch_score": (
-            [f"input={scoring_input}", "output=scored.parquet", "overwrite=true"],
-            run_is_running("batch_score", Tag.SCORED_WITH),
-        ),
-        "main": (["force=true", "n_trials=500"], run_is_running("track", TRIAL_TAG)),
+        "train_basic": ("train_basic", slow_training, run_is_running("train_basic", Tag.PROCESS)),
+        "track": ("track", ["n_trials=500"], run_is_running("track", TRIAL_TAG)),
+        "register": ("register", [f"run_id={candidate_run}"], run_is_running("register", Tag.ROLE)),
+        "custom_model": ("custom_model", [], ISOLATED_CHECK),
+        "batch_score": ("batch_score", scoring, scoring_started),
+        "batch_score (spark)": ("batch_score", [*scoring, "engine=spark"], scoring_started),
+        "main": ("main", ["force=true", "n_trials=500"], run_is_running("track", TRIAL_TAG)),
     }
 
 
@@ -217,20 +218,23 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--signals", default="SIGTERM,SIGINT,SIGHUP")
-    parser.add_argument("--steps", default="train_basic,track,register,custom_model,main")
+    parser.add_argument(
+        "--cases",
+        default="train_basic,track,register,custom_model,batch_score,batch_score (spark),main",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     with fresh_clone() as clone:
         clone.mlflow_run("-P", "n_trials=5")  # a chain: a champion, a custom model
         clone.mlflow_run("-e", "track", "-P", "n_trials=5")  # a candidate for register
         candidate = clone.newest_run("track").info.run_id
-        table = pd.read_csv(clone.directory / "data" / "churn.csv")
+        table = pd.read_csv(clone.directory / "data" / "wa_churn.csv")
         scoring_input = clone.directory / "to-score.parquet"
         pd.concat([table] * 200).to_parquet(scoring_input)
         cases = _cases(candidate, scoring_input)
         rows = []
-        for step in args.steps.split(","):
-            parameters, ready = cases[step]
+        for label in args.cases.split(","):
+            step, parameters, ready = cases[label]
             for name in args.signals.split(","):
                 signum = signal.Signals[name]
                 result = interrupt(
@@ -242,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                     to_group=signum != signal.SIGTERM,
                     ready=ready,
                 )
-                logger.info("%s", result.row())
-                rows.append(result.row())
+                row = result.row() | {"entry point": label}
+                logger.info("%s", row)
+                rows.append(row)
     print(pd.DataFrame(rows).to_markdown(index=False))
     return 0
 

@@ -40,11 +40,11 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from tqdm import tqdm
 
+from bench.servers import model_server
 from steps import custom_model, train_basic
 from tabular_mlops import data
 from tabular_mlops.cli import configure_logging
 from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
-from tabular_mlops.serving import model_server
 
 logger = logging.getLogger("bench.serving")
 PROJECT_DIR = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from mlflow.models.model import ModelInfo
 
-from tabular_mlops.serving import background_server, free_port, model_server
+from bench.servers import background_server, free_port, model_server
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
@@ -197,7 +197,9 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     command += ["--backend-store-uri", sqlite_uri(root / "server.db")]
     command += ["--artifacts-destination", str(root / "artifacts")]
     url = f"http://127.0.0.1:{port}"
-    with background_server(command, f"{url}/health", root / "server.log", timeout=180):
+    # MLflow 3's job runner (GenAI scorers: five more processes) is not needed here.
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with background_server(command, f"{url}/health", root / "server.log", 180, env):
         yield url
 
 

@@ -1,5 +1,5 @@
 """Run a model behind `mlflow models serve` on loopback, for as long as a block lasts
-(used by the end-to-end tests and by `bench/serving.py`)."""
+(used by the end-to-end tests and the benches; not part of the library)."""
 
 import os
 import signal
