@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--signals", default="SIGTERM,SIGINT,SIGHUP")
+    parser.add_argument("--repeat", type=int, default=1, help="each case and signal")
     parser.add_argument(
         "--cases",
         default="train_basic,track,register,custom_model,batch_score,batch_score (spark),main",
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for label in args.cases.split(","):
             step, parameters, ready = cases[label]
-            for name in args.signals.split(","):
+            for name in args.signals.split(",") * args.repeat:
                 signum = signal.Signals[name]
                 result = interrupt(
                     clone.directory,
@@ -248,6 +249,10 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 row = result.row() | {"entry point": label}
                 logger.info("%s", row)
+                if result.left_behind or set(result.statuses) - {"KILLED", "FINISHED"}:
+                    logger.warning(
+                        "%s, %s: the run's output ends:\n%s", label, name, result.output[-4000:]
+                    )
                 rows.append(row)
     print(pd.DataFrame(rows).to_markdown(index=False))
     return 0

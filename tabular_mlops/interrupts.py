@@ -204,6 +204,7 @@ def _end_process_after_grace(signum: int) -> None:
     marking = threading.Thread(target=end_runs_killed, args=(_runs_to_end(), name), daemon=True)
     marking.start()
     marking.join(MARKING_SECONDS)
+    _keep_launched_run_killed()
     _exit_now(128 + signum)
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import train_basic
+from steps import custom_model, register, train_basic
 from tabular_mlops import registry
-from tabular_mlops.config import load_config
+from tabular_mlops.config import ProjectConfig, load_config
 from tabular_mlops.faults import FAULT_ENV, FaultPoint
 from tabular_mlops.promotion import Verdict
 from tabular_mlops.tags import Tag
@@ -29,10 +29,7 @@ from tests.conftest import (
     PROJECT_DIR,
     leave_no_run_behind,
     mlflow_run,
-    new_store,
     point_mlflow_at,
-    sqlite_uri,
-    use_store,
     users_environment,
 )
 from tests.test_alias_moves import moves_in_some_order
@@ -42,9 +39,13 @@ pytestmark = pytest.mark.e2e
 PIPELINES, SERVICE = "churn-classifier", "churn-service"
 CHAMPION, PREVIOUS = "champion", "previous-champion"
 CHAIN = ("n_trials=2", "check_env_manager=none")
-LOW_BAR = "threshold=0.5"  # the weak model may become the first champion
 ROUNDS = 10
 KILLED = -9  # the return code of a process ended by SIGKILL
+
+
+def shipped_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
+    """The shipped config, as `mlflow run` from the project gives it."""
+    return load_config(CHURN_CONFIG, {"data.path": str(CHURN_CSV)} | (overrides or {}))
 
 
 def fault(point: FaultPoint) -> dict[str, str]:
@@ -85,29 +86,26 @@ def entry_point(run: mlflow.entities.Run) -> str:
 
 
 def test_a_chain_killed_before_its_model_is_logged_is_reaped_and_rerun(
-    project: Path, tmp_path: Path
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = new_store(tmp_path)
+    store = point_mlflow_at(tmp_path, monkeypatch)
     killed = mlflow_run(
         project, store, "main", *CHAIN, extra_env=fault(FaultPoint.BEFORE_MODEL_LOGGED)
     )
     assert killed.returncode != 0
-    use_store(store)
     # `mlflow run` outlived main and failed its run; the train_basic run inside main's
     # process could not be ended by anyone.
     left = runs_by_status()
     assert [entry_point(run) for run in left["RUNNING"]] == ["train_basic"]
     assert mlflow.MlflowClient().search_model_versions(f"name = '{PIPELINES}'") == []
 
-    listed = mlflow_run(project, store, "register", "action=stale")
-    assert listed.returncode == 0, listed.stderr[-3000:]
-    assert "1 stale run(s) found" in listed.stdout
-    reaped = mlflow_run(project, store, "register", "action=reap")
-    assert reaped.returncode == 0, reaped.stderr[-3000:]
+    reaped = register.register(shipped_config(), "reap").stale  # `register -P action=reap`
     (stale,) = left["RUNNING"]
+    assert [run.run_id for run in reaped] == [stale.info.run_id]
     run = mlflow.get_run(stale.info.run_id)
     assert run.info.status == "KILLED"
     assert "has ended" in run.data.tags[Tag.ERROR]
+    leave_no_run_behind()
 
     rerun = mlflow_run(project, store, "main", *CHAIN)
     assert rerun.returncode == 0, rerun.stderr[-5000:]
@@ -125,11 +123,6 @@ class Pool:
     mid: str
     strong: str
 
-    def copy_to(self, directory: Path) -> str:
-        """A copy of the store (the artifacts stay where they are): its URI."""
-        shutil.copyfile(self.directory / "mlflow.db", directory / "mlflow.db")
-        return sqlite_uri(directory / "mlflow.db")
-
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
@@ -139,27 +132,32 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
 
         def trained(trees: int, leaves: int) -> str:
             overrides = {"model.n_estimators": trees, "model.num_leaves": leaves}
-            config = load_config(CHURN_CONFIG, {"data.path": str(CHURN_CSV)} | overrides)
-            return train_basic.train_basic(config).run_id
+            return train_basic.train_basic(shipped_config(overrides)).run_id
 
         pool = Pool(directory, trained(5, 2), trained(15, 4), trained(60, 31))
         leave_no_run_behind()
     yield pool
 
 
+@pytest.fixture
+def pool_copy(pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A copy of the pool's store (its artifacts stay where they are), in use: its URI."""
+    shutil.copyfile(pool.directory / "mlflow.db", tmp_path / "mlflow.db")
+    yield point_mlflow_at(tmp_path, monkeypatch)
+    leave_no_run_behind()
+
+
 def test_a_review_killed_between_the_alias_moves_is_completed_by_the_next(
-    pool: Pool, project: Path, tmp_path: Path
+    pool: Pool, pool_copy: str, project: Path
 ) -> None:
-    store = pool.copy_to(tmp_path)
-    first = mlflow_run(project, store, "register", f"run_id={pool.weak}", LOW_BAR)
-    assert first.returncode == 0, first.stderr[-3000:]
-    use_store(store)
+    register.register(shipped_config({"promotion.threshold": 0.5}), "promote", pool.weak)
     weak, strong = version_of(pool.weak), version_of(pool.strong)
     assert promotion_aliases(PIPELINES) == {CHAMPION: weak}
+    leave_no_run_behind()
 
     killed = mlflow_run(
         project,
-        store,
+        pool_copy,
         "register",
         f"run_id={pool.strong}",
         extra_env=fault(FaultPoint.BETWEEN_ALIAS_MOVES),
@@ -169,28 +167,24 @@ def test_a_review_killed_between_the_alias_moves_is_completed_by_the_next(
     assert promotion_aliases(PIPELINES) == {CHAMPION: weak, PREVIOUS: weak}
     assert registry.ALIAS_INTENT_TAG in mlflow.MlflowClient().get_registered_model(PIPELINES).tags
 
-    listed = mlflow_run(project, store, "register", "action=list")
-    assert listed.returncode == 0, listed.stderr[-3000:]
+    register.register(shipped_config(), "list")  # any later `register` completes the moves first
     aliases = assert_invariants(PIPELINES)
     assert (aliases[CHAMPION], aliases[PREVIOUS]) == (strong, weak)
     assert "RUNNING" not in runs_by_status()
 
 
 def test_a_wrapper_killed_during_its_isolated_check_gets_no_alias_and_the_rerun_does(
-    pool: Pool, project: Path, tmp_path: Path
+    pool_copy: str, project: Path
 ) -> None:
-    store = pool.copy_to(tmp_path)
-    use_store(store)
     killed = mlflow_run(
-        project, store, "custom_model", extra_env=fault(FaultPoint.DURING_ISOLATED_CHECK)
+        project, pool_copy, "custom_model", extra_env=fault(FaultPoint.DURING_ISOLATED_CHECK)
     )
     assert killed.returncode != 0
     client = mlflow.MlflowClient()
     (orphan,) = client.search_model_versions(f"name = '{SERVICE}'")
     assert orphan.aliases == [] and registry.REVIEW_TAG not in orphan.tags
 
-    rerun = mlflow_run(project, store, "custom_model")
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    custom_model.custom_model(shipped_config())  # the rerun
     aliases = assert_invariants(SERVICE)
     assert aliases[CHAMPION] == int(orphan.version) + 1
     assert "RUNNING" not in runs_by_status()
@@ -202,7 +196,7 @@ import json, sys, time
 from pathlib import Path
 import mlflow
 from steps import register
-from tabular_mlops.config import load_config
+from tabular_mlops.config import ProjectConfig, load_config
 uri, folder, me, rounds, config_path, data_path = sys.argv[1:7]
 mlflow.set_tracking_uri(uri)
 config = load_config(Path(config_path), {"data.path": data_path})
@@ -225,9 +219,10 @@ for round in range(int(rounds)):
 """
 
 
-def test_two_full_reviews_at_once_never_break_the_invariants(pool: Pool, tmp_path: Path) -> None:
-    store = pool.copy_to(tmp_path)
-    client = use_store(store)
+def test_two_full_reviews_at_once_never_break_the_invariants(
+    pool: Pool, pool_copy: str, tmp_path: Path
+) -> None:
+    store, client = pool_copy, mlflow.MlflowClient()
     # Versions of the three runs; each round starts from the weak one as champion.
     weak = version_of(pool.weak)  # train_basic registered each run's model
     inputs = (str(CHURN_CONFIG), str(CHURN_CSV))
