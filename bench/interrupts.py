@@ -38,6 +38,7 @@ logger = logging.getLogger("bench.interrupts")
 MARK_ENV = "TABULAR_MLOPS_PROCESS_MARK"  # every process of one interrupted run inherits it
 READY_TIMEOUT_SECONDS = 120.0
 END_TIMEOUT_SECONDS = 30.0
+END_WITHIN_SECONDS = 5.0  # the target
 POLL_SECONDS = 0.05
 
 # Is the step at work? Given a client, the run's experiment id and its processes' mark.
@@ -249,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 row = result.row() | {"entry point": label}
                 logger.info("%s", row)
-                if result.left_behind or set(result.statuses) - {"KILLED", "FINISHED"}:
+                slow = result.seconds_to_end > END_WITHIN_SECONDS
+                if slow or result.left_behind or set(result.statuses) - {"KILLED", "FINISHED"}:
                     logger.warning(
                         "%s, %s: the run's output ends:\n%s", label, name, result.output[-4000:]
                     )

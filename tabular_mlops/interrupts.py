@@ -30,7 +30,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Unwinding, then ending the runs, must fit in the 5 s a stopped step is given.
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 _open_runs: list[str] = []  # runs this process opened and has not ended, innermost last
 _open_runs_lock = threading.Lock()
 _launched_by: str | None = None  # the run `mlflow run` opened for this process
-_child_groups: set[int] = set()  # process groups of ours that signals to ours miss
+_children: set[int] = set()  # processes of ours (or their groups) that our signals miss
 
 
 class Interrupted(KeyboardInterrupt):
@@ -75,23 +75,31 @@ def _on_signal(signum: int, frame: object) -> None:
     for each in SIGNALS:
         signal.signal(each, signal.SIG_IGN)
     # At once: a thread waiting on one of them would hold the unwinding until it ends.
-    for group in list(_child_groups):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGKILL)
+    for pid in list(_children):
+        _kill(pid)
     watchdog = threading.Thread(target=_end_process_after_grace, args=(signum,), daemon=True)
     watchdog.start()
     raise Interrupted(signum)
 
 
 @contextlib.contextmanager
-def killed_with_this_process(process: subprocess.Popen[str]) -> Iterator[None]:
-    """While inside, `process`, which leads a process group of its own (so that signals
-    to ours miss it), is killed with its group as soon as this process is interrupted."""
-    _child_groups.add(process.pid)
+def killed_with_this_process(process: subprocess.Popen[Any]) -> Iterator[None]:
+    """While inside, `process` (with its process group, if it leads one) is killed as soon
+    as this process is interrupted: signals to our group miss a process that leads its own
+    (the isolated check) or ignores them (Spark's JVM ignores SIGINT)."""
+    _children.add(process.pid)
     try:
         yield
     finally:
-        _child_groups.discard(process.pid)
+        _children.discard(process.pid)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)  # pid leads its own group
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
