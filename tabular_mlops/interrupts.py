@@ -30,7 +30,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Unwinding, then ending the runs, must fit in the 5 s a stopped step is given.
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 _open_runs: list[str] = []  # runs this process opened and has not ended, innermost last
 _open_runs_lock = threading.Lock()
 _launched_by: str | None = None  # the run `mlflow run` opened for this process
-_children: set[int] = set()  # processes of ours (or their groups) that our signals miss
+_restorer: int | None = None  # pid of the process _keep_launched_run_killed started
 
 
 class Interrupted(KeyboardInterrupt):
@@ -74,32 +74,30 @@ def _on_signal(signum: int, frame: object) -> None:
     # Once: a second signal must not cut the unwinding short; the watchdog bounds it.
     for each in SIGNALS:
         signal.signal(each, signal.SIG_IGN)
-    # At once: a thread waiting on one of them would hold the unwinding until it ends.
-    for pid in list(_children):
-        _kill(pid)
+    # At once: our group's signal misses a child that leads its own group (the isolated
+    # check) or ignores it (Spark's JVM ignores SIGINT), and a thread waiting on one would
+    # hold the unwinding. SIGTERM, so that a step `main` launched can end its runs too.
+    _signal_children(signal.SIGTERM)
+    _keep_launched_run_killed()
     watchdog = threading.Thread(target=_end_process_after_grace, args=(signum,), daemon=True)
     watchdog.start()
     raise Interrupted(signum)
 
 
-@contextlib.contextmanager
-def killed_with_this_process(process: subprocess.Popen[Any]) -> Iterator[None]:
-    """While inside, `process` (with its process group, if it leads one) is killed as soon
-    as this process is interrupted: signals to our group miss a process that leads its own
-    (the isolated check) or ignores them (Spark's JVM ignores SIGINT)."""
-    _children.add(process.pid)
-    try:
-        yield
-    finally:
-        _children.discard(process.pid)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)  # pid leads its own group
-    except ProcessLookupError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+def _signal_children(signum: signal.Signals) -> None:
+    """Send `signum` to each child process of ours (to its group, if it leads one), the
+    restorer excepted."""
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == _restorer:
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
+                pid = int(entry.name)
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signum)
+                else:
+                    os.kill(pid, signum)
 
 
 @contextlib.contextmanager
@@ -153,7 +151,7 @@ def run_as_process(main: Callable[[], int]) -> NoReturn:
         name = _signal_name(stop)
         end_runs_killed(_runs_to_end(), name)
         logger.error("interrupted by %s: the runs this process opened ended KILLED", name)
-        _keep_launched_run_killed()
+        _signal_children(signal.SIGKILL)  # what is left, or was started while unwinding
         _exit_now(stop.exit_code if isinstance(stop, Interrupted) else 128 + signal.SIGINT)
     sys.exit(code)
 
@@ -167,12 +165,14 @@ def _runs_to_end() -> list[str]:
 
 def _keep_launched_run_killed() -> None:
     """If the `mlflow run` (or `mlflow.run`) that launched this process is alive, it will
-    mark our run FAILED once we exit: start a process that puts KILLED back after it."""
+    mark our run FAILED once we exit: start a process that puts KILLED back after it.
+    Started at the signal, so that its start-up overlaps our unwinding."""
+    global _restorer
     parent = os.getppid()
     if _launched_by is None or parent == 1 or not _alive(parent):
         return
     command = [sys.executable, "-m", __name__, str(parent), _launched_by]
-    subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL)
+    _restorer = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL).pid
 
 
 def _alive(pid: int) -> bool:
@@ -192,9 +192,10 @@ def _restore_killed(parent: int, run_id: str) -> None:
 
     deadline = time.monotonic() + RESTORE_WAIT_SECONDS
     while _alive(parent) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
+    # FAILED over our `interrupted by` tag: `mlflow run` overwrote KILLED.
     if run.info.status == "FAILED" and run.data.tags.get(Tag.ERROR, "").startswith("interrupted"):
         client.set_terminated(run_id, "KILLED", end_time=run.info.end_time)
 
@@ -212,7 +213,7 @@ def _end_process_after_grace(signum: int) -> None:
     marking = threading.Thread(target=end_runs_killed, args=(_runs_to_end(), name), daemon=True)
     marking.start()
     marking.join(MARKING_SECONDS)
-    _keep_launched_run_killed()
+    _signal_children(signal.SIGKILL)
     _exit_now(128 + signum)
 
 

@@ -5,7 +5,6 @@ import logging
 import os
 import sys
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
@@ -15,7 +14,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
-from tabular_mlops import interrupts
 from tabular_mlops.config import BatchConfig, SparkConfig
 from tabular_mlops.scoring import (
     DECISION,
@@ -77,17 +75,13 @@ def score_with_spark(
     comes from one aggregation over the written output."""
     logger.info("spark: starting a session (%s)", settings.spark.master or f"local[{threads}]")
     spark = spark_session(settings.spark, threads)
-    # The JVM PySpark started (no public handle): it ignores SIGINT and outlives us unless
-    # killed with us when interrupted.
-    jvm = getattr(spark.sparkContext._gateway, "proc", None)
-    with interrupts.killed_with_this_process(jvm) if jvm else nullcontext():
+    try:
+        return _score(spark, model, source, staging, settings)
+    finally:
         try:
-            return _score(spark, model, source, staging, settings)
-        finally:
-            try:
-                spark.stop()
-            except Exception as error:  # its JVM killed already, after an interrupt
-                logger.warning("spark: could not stop the session: %s", error)
+            spark.stop()
+        except Exception as error:  # its JVM killed already, after an interrupt
+            logger.warning("spark: could not stop the session: %s", error)
 
 
 def _score(

@@ -28,7 +28,6 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
-from tabular_mlops import interrupts
 from tabular_mlops.config import CustomModelConfig
 from tabular_mlops.errors import PromotionError
 from tabular_mlops.faults import FaultPoint, crash_if_injected
@@ -241,8 +240,7 @@ def _run(
     if fault_point is not None:
         crash_if_injected(fault_point)
     try:
-        with interrupts.killed_with_this_process(process):
-            stdout, stderr = process.communicate(timeout=timeout_seconds)
+        stdout, stderr = process.communicate(timeout=timeout_seconds)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import custom_model, register, train_basic
+from steps import register, train_basic
 from tabular_mlops import registry
 from tabular_mlops.config import ProjectConfig, load_config
 from tabular_mlops.faults import FAULT_ENV, FaultPoint
@@ -184,7 +184,8 @@ def test_a_wrapper_killed_during_its_isolated_check_gets_no_alias_and_the_rerun_
     (orphan,) = client.search_model_versions(f"name = '{SERVICE}'")
     assert orphan.aliases == [] and registry.REVIEW_TAG not in orphan.tags
 
-    custom_model.custom_model(shipped_config())  # the rerun
+    rerun = mlflow_run(project, pool_copy, "custom_model")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
     aliases = assert_invariants(SERVICE)
     assert aliases[CHAMPION] == int(orphan.version) + 1
     assert "RUNNING" not in runs_by_status()
