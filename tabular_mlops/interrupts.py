@@ -18,6 +18,7 @@ Import-light on purpose (no MLflow at import): `steps` installs it before import
 anything else.
 """
 
+import _thread
 import contextlib
 import ctypes
 import logging
@@ -35,6 +36,7 @@ from typing import NoReturn
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Unwinding, then ending the runs, must fit in the 5 s a stopped step is given.
 GRACE_SECONDS = 3.0
+RAISE_AGAIN_SECONDS = 0.25  # a swallowed interrupt is raised again this often
 MARKING_SECONDS = 1.5
 RESTORE_WAIT_SECONDS = 30.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -44,12 +46,15 @@ _open_runs: list[str] = []  # runs this process opened and has not ended, innerm
 _open_runs_lock = threading.Lock()
 _launched_by: str | None = None  # the run `mlflow run` opened for this process
 _restorer: int | None = None  # pid of the process _keep_launched_run_killed started
+_first: "Interrupted | None" = None  # the first signal, as raised
+_caught = threading.Event()  # set once our code caught it: the unwinding is under way
 
 
 class Interrupted(KeyboardInterrupt):
     """The process received SIGTERM, SIGINT or SIGHUP."""
 
     def __init__(self, signum: int) -> None:
+        self.signum = signum
         self.signal_name = signal.Signals(signum).name
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {self.signal_name}")
@@ -71,17 +76,22 @@ def install() -> None:
 
 
 def _on_signal(signum: int, frame: object) -> None:
-    # Once: a second signal must not cut the unwinding short; the watchdog bounds it.
-    for each in SIGNALS:
-        signal.signal(each, signal.SIG_IGN)
-    # At once: our group's signal misses a child that leads its own group (the isolated
-    # check) or ignores it (Spark's JVM ignores SIGINT), and a thread waiting on one would
-    # hold the unwinding. SIGTERM, so that a step `main` launched can end its runs too.
-    _signal_children(signal.SIGTERM)
-    _keep_launched_run_killed()
-    watchdog = threading.Thread(target=_end_process_after_grace, args=(signum,), daemon=True)
-    watchdog.start()
-    raise Interrupted(signum)
+    global _first
+    if _first is None:
+        _first = Interrupted(signum)
+        # At once: our group's signal misses a child that leads its own group (the
+        # isolated check) or ignores it (Spark's JVM ignores SIGINT), and a thread waiting
+        # on one would hold the unwinding. SIGTERM, so that a step `main` launched can end
+        # its runs too.
+        _signal_children(signal.SIGTERM)
+        _keep_launched_run_killed()
+        threading.Thread(target=_watch_the_unwinding, args=(signum,), daemon=True).start()
+        raise _first
+    if not _caught.is_set():
+        # The first one was swallowed (raised where a library catches everything, or in a
+        # destructor): again, as the first. Once our code caught it, signals are ignored:
+        # they must not cut the ending of runs short.
+        raise Interrupted(_first.signum)
 
 
 def _signal_children(signum: signal.Signals) -> None:
@@ -109,6 +119,7 @@ def run_ends_killed(run_id: str) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as stop:
+        _caught.set()
         end_runs_killed([run_id], _signal_name(stop))
         raise
     finally:
@@ -148,6 +159,7 @@ def run_as_process(main: Callable[[], int]) -> NoReturn:
     try:
         code = main()
     except KeyboardInterrupt as stop:
+        _caught.set()
         name = _signal_name(stop)
         end_runs_killed(_runs_to_end(), name)
         logger.error("interrupted by %s: the runs this process opened ended KILLED", name)
@@ -200,8 +212,13 @@ def _restore_killed(parent: int, run_id: str) -> None:
         client.set_terminated(run_id, "KILLED", end_time=run.info.end_time)
 
 
-def _end_process_after_grace(signum: int) -> None:
-    threading.Event().wait(GRACE_SECONDS)
+def _watch_the_unwinding(signum: int) -> None:
+    """Raise the interrupt again in the main thread until our code catches it; after
+    GRACE_SECONDS, end the runs and the process from here."""
+    deadline = time.monotonic() + GRACE_SECONDS
+    while not _caught.wait(RAISE_AGAIN_SECONDS) and time.monotonic() < deadline:
+        _thread.interrupt_main(signum)  # as if the signal came again: see _on_signal
+    threading.Event().wait(max(0.0, deadline - time.monotonic()))
     name = signal.Signals(signum).name
     logger.error(
         "still running %.0f s after %s: ending the process (main thread at %s)",

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.e2e  # starts processes
 END_WITHIN_SECONDS = 5.0
 
 # Opens a run, a nested run and a run made with the client (as a trial is), then waits in
-# `wait` mode: `sleep` (interruptible) or `swallow` (a library that eats KeyboardInterrupt,
-# so that only the watchdog can end the process). Prints the run ids when ready.
+# `wait` mode: `sleep` (interruptible), `swallow_once` (a library eats the first
+# KeyboardInterrupt: it is raised again) or `swallow` (it eats them all, so that only the
+# watchdog can end the process). Prints the run ids when ready.
 _PROCESS = """
 import sys, time
 from tabular_mlops import interrupts
@@ -39,8 +40,10 @@ def main():
                     try:
                         time.sleep(0.05)
                     except KeyboardInterrupt:
-                        if mode != "swallow":
+                        if mode == "sleep":
                             raise
+                        if mode == "swallow_once":
+                            mode = "sleep"
     return 0
 
 interrupts.run_as_process(main)
@@ -79,7 +82,12 @@ def _gone(pid: int) -> bool:
 
 @pytest.mark.parametrize(
     ("signum", "mode"),
-    [(signal.SIGTERM, "sleep"), (signal.SIGINT, "sleep"), (signal.SIGHUP, "swallow")],
+    [
+        (signal.SIGTERM, "sleep"),
+        (signal.SIGINT, "sleep"),
+        (signal.SIGHUP, "swallow_once"),
+        (signal.SIGTERM, "swallow"),
+    ],
 )
 def test_a_signal_ends_every_open_run_killed_and_the_process(
     tmp_path: Path, signum: signal.Signals, mode: str
@@ -97,6 +105,8 @@ def test_a_signal_ends_every_open_run_killed_and_the_process(
     assert seconds < END_WITHIN_SECONDS
     if mode == "swallow":  # only the watchdog could end it, after its grace
         assert seconds >= interrupts.GRACE_SECONDS
+    else:  # raised again if swallowed, it unwound: no watchdog
+        assert seconds < interrupts.GRACE_SECONDS
     for run in _runs(tmp_path, run_ids):
         assert run.info.status == "KILLED"
         assert run.data.tags[Tag.ERROR] == f"interrupted by {signum.name}"
