@@ -1,6 +1,7 @@
 """End to end: the real `mlflow run . -e train_basic` on a copy of the project."""
 
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -139,25 +140,30 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return new_store(tmp_path_factory.mktemp("failures"))
 
 
-# One case per kind of refusal; every case is also a unit test (tests/test_train_basic.py).
-@pytest.mark.parametrize(
-    ("parameter", "message"),
-    [
-        # MLflow appends an unknown -P as --n_trials 5: the step's parser refuses it.
-        ("n_trials=5", "unrecognized arguments: --n_trials 5"),
-        ("test_size=1.5", "split.test_size: Input should be less than 1 (got 1.5)"),
-        ("data_path=missing.csv", "data file not found: missing.csv"),
-    ],
-)
-def test_bad_input_fails_the_run(
-    project: Path, shared_store: str, parameter: str, message: str
-) -> None:
-    experiment = f"bad-{parameter.split('=')[0]}"
-    result = mlflow_run(project, shared_store, ENTRY_POINT, parameter, experiment=experiment)
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr.split("=== Run (ID")[0]  # the step's own output
+# One case per kind of refusal (every case is also a unit test, tests/test_train_basic.py),
+# the three `mlflow run`s at once: each waits mostly on start-up.
+REFUSALS = {
+    # MLflow appends an unknown -P as --n_trials 5: the step's parser refuses it.
+    "n_trials=5": "unrecognized arguments: --n_trials 5",
+    "test_size=1.5": "split.test_size: Input should be less than 1 (got 1.5)",
+    "data_path=missing.csv": "data file not found: missing.csv",
+}
+
+
+def test_bad_input_fails_the_run(project: Path, shared_store: str) -> None:
+    def refused(parameter: str) -> subprocess.CompletedProcess[str]:
+        experiment = f"bad-{parameter.split('=')[0]}"
+        return mlflow_run(project, shared_store, ENTRY_POINT, parameter, experiment=experiment)
+
+    with ThreadPoolExecutor(max_workers=len(REFUSALS)) as pool:
+        results = dict(zip(REFUSALS, pool.map(refused, REFUSALS), strict=True))
     client = use_store(shared_store)
-    (run,) = mlflow.search_runs(experiment_names=[experiment], output_format="list")
-    assert run.info.status == "FAILED" and message in run.data.tags[Tag.ERROR]
+    for parameter, message in REFUSALS.items():
+        result = results[parameter]
+        assert result.returncode != 0, parameter
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr.split("=== Run (ID")[0]  # the step's own output
+        experiment = f"bad-{parameter.split('=')[0]}"
+        (run,) = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+        assert run.info.status == "FAILED" and message in run.data.tags[Tag.ERROR]
     assert client.search_registered_models() == []
