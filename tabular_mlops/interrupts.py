@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from tabular_mlops import processes
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Unwinding, then ending the runs, must fit in the 5 s a stopped step is given.
 GRACE_SECONDS = 3.0
@@ -97,17 +99,14 @@ def _on_signal(signum: int, frame: object) -> None:
 def _signal_children(signum: signal.Signals) -> None:
     """Send `signum` to each child process of ours (to its group, if it leads one), the
     restorer excepted."""
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == _restorer:
+    for pid in processes.children(os.getpid()):
+        if pid == _restorer:
             continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == me:
-                pid = int(entry.name)
-                if os.getpgid(pid) == pid:
-                    os.killpg(pid, signum)
-                else:
-                    os.kill(pid, signum)
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
 
 
 @contextlib.contextmanager
@@ -181,18 +180,10 @@ def _keep_launched_run_killed() -> None:
     Started at the signal, so that its start-up overlaps our unwinding."""
     global _restorer
     parent = os.getppid()
-    if _launched_by is None or parent == 1 or not _alive(parent):
+    if _launched_by is None or parent == 1 or not processes.is_alive(parent):
         return
     command = [sys.executable, "-m", __name__, str(parent), _launched_by]
     _restorer = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL).pid
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
 def _restore_killed(parent: int, run_id: str) -> None:
@@ -203,7 +194,7 @@ def _restore_killed(parent: int, run_id: str) -> None:
     from tabular_mlops.tags import Tag
 
     deadline = time.monotonic() + RESTORE_WAIT_SECONDS
-    while _alive(parent) and time.monotonic() < deadline:
+    while processes.is_alive(parent) and time.monotonic() < deadline:
         time.sleep(0.02)
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)

@@ -3,7 +3,7 @@ OOM kill): found, and ended KILLED on request (`register -P action=stale|reap`).
 
 Each run this project opens carries a `process` tag, `<host> <pid> <start>`, where
 `<start>` is the process's start time in clock ticks since boot (so a recycled pid is not
-taken for the same process). A RUNNING run is stale when its process, on this host, is
+taken for the same process), or `-` where the system does not give it (macOS). A RUNNING run is stale when its process, on this host, is
 gone; a run from another host, or without the tag (a step killed while starting), when it
 started more than `stale_after_hours` ago: from here we cannot tell if it still runs.
 Caches and candidate searches only ever take FINISHED runs, stale or not.
@@ -14,16 +14,17 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 from mlflow.entities import Run, RunStatus
 
+from tabular_mlops import processes
 from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
 
 logger = logging.getLogger(__name__)
 MAX_RUNNING_RUNS = 10_000
+UNKNOWN_START = "-"  # in Tag.PROCESS, where the system does not give start times
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,8 @@ class StaleRun:
 
 def this_process() -> str:
     """The value of Tag.PROCESS for runs this process opens."""
-    return f"{socket.gethostname()} {os.getpid()} {_start_ticks(os.getpid())}"
-
-
-def _start_ticks(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/<pid>/stat), None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    pid = os.getpid()
+    return f"{socket.gethostname()} {pid} {processes.start_time(pid) or UNKNOWN_START}"
 
 
 def _process_gone(identity: str) -> bool | None:
@@ -59,7 +52,9 @@ def _process_gone(identity: str) -> bool | None:
         return None
     if host != socket.gethostname():
         return None
-    return _start_ticks(number) != start
+    if start == UNKNOWN_START:  # recorded where the start time is not known
+        return not processes.is_alive(number)
+    return processes.start_time(number) != start
 
 
 def find_stale(experiment_ids: list[str], stale_after_hours: float) -> list[StaleRun]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tabular_mlops import interrupts
+from tabular_mlops import interrupts, processes
 from tabular_mlops.tags import Tag
 from tests.conftest import new_store, users_environment
 
@@ -24,7 +24,7 @@ END_WITHIN_SECONDS = 5.0
 # watchdog can end the process). Prints the run ids when ready.
 _PROCESS = """
 import sys, time
-from tabular_mlops import interrupts
+from tabular_mlops import interrupts, processes
 interrupts.install()
 import mlflow
 
@@ -77,7 +77,7 @@ def _runs(tmp_path: Path, run_ids: list[str]) -> list[mlflow.entities.Run]:
 
 
 def _gone(pid: int) -> bool:
-    return not interrupts._alive(pid)
+    return not processes.is_alive(pid)
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,16 @@ are left alone."""
 
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from steps import register
-from tabular_mlops import stale_runs
+from tabular_mlops import processes, stale_runs
 from tabular_mlops.config import load_config
 from tabular_mlops.tags import Tag
 from tests.conftest import CHURN_CONFIG
@@ -80,3 +83,21 @@ def test_runs_of_this_project_record_their_process(tracking_uri: str) -> None:
     config = load_config(CHURN_CONFIG)
     run_id = register.register(config, "stale").run_id
     assert mlflow.get_run(run_id).data.tags[Tag.PROCESS] == stale_runs.this_process()
+
+
+def test_without_proc_liveness_comes_from_the_process_table(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on macOS: no /proc, so no start times; `os.kill(pid, 0)` and `ps` instead.
+    monkeypatch.setattr(processes, "PROC", Path("/no/such/proc"))
+    assert stale_runs.this_process() == f"{HOST} {os.getpid()} -"
+    gone = open_run("gone", f"{HOST} 999999999 -")
+    open_run("alive", stale_runs.this_process())
+    config = load_config(CHURN_CONFIG)
+    assert [run.run_id for run in register.register(config, "stale").stale] == [gone]
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in processes.children(os.getpid())
+    finally:
+        child.kill()
+        child.wait()
