@@ -3,9 +3,10 @@ OOM kill): found, and ended KILLED on request (`register -P action=stale|reap`).
 
 Each run this project opens carries a `process` tag, `<host> <pid> <start>`, where
 `<start>` is the process's start time in clock ticks since boot (so a recycled pid is not
-taken for the same process), or `-` where the system does not give it (macOS). A RUNNING run is stale when its process, on this host, is
-gone; a run from another host, or without the tag (a step killed while starting), when it
-started more than `stale_after_hours` ago: from here we cannot tell if it still runs.
+taken for the same process), or `-` where the system does not give it (macOS). A RUNNING
+run is stale when its process, on this host, is gone; a run from another host, or without
+the tag (a step killed while starting), when it started more than `stale_after_hours` ago:
+from here we cannot tell if it still runs.
 Caches and candidate searches only ever take FINISHED runs, stale or not.
 """
 
