@@ -42,6 +42,7 @@ RAISE_AGAIN_SECONDS = 0.25  # a swallowed interrupt is raised again this often
 MARKING_SECONDS = 1.5
 RESTORE_WAIT_SECONDS = 30.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+ERROR_PREFIX = "interrupted by "  # + the signal's name: the `error` tag of a stopped run
 
 logger = logging.getLogger(__name__)
 _open_runs: list[str] = []  # runs this process opened and has not ended, innermost last
@@ -59,7 +60,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
         self.signal_name = signal.Signals(signum).name
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {self.signal_name}")
+        super().__init__(ERROR_PREFIX + self.signal_name)
 
 
 def install() -> None:
@@ -141,7 +142,7 @@ def end_runs_killed(run_ids: list[str], signal_name: str) -> None:
         try:
             if client.get_run(run_id).info.status != "RUNNING":
                 continue
-            client.set_tag(run_id, Tag.ERROR, f"interrupted by {signal_name}")
+            client.set_tag(run_id, Tag.ERROR, ERROR_PREFIX + signal_name)
             active = mlflow.active_run()
             if active is not None and active.info.run_id == run_id:
                 mlflow.end_run(killed)
@@ -198,8 +199,8 @@ def _restore_killed(parent: int, run_id: str) -> None:
         time.sleep(0.02)
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
-    # FAILED over our `interrupted by` tag: `mlflow run` overwrote KILLED.
-    if run.info.status == "FAILED" and run.data.tags.get(Tag.ERROR, "").startswith("interrupted"):
+    # FAILED over our error tag: `mlflow run` overwrote KILLED.
+    if run.info.status == "FAILED" and run.data.tags.get(Tag.ERROR, "").startswith(ERROR_PREFIX):
         client.set_terminated(run_id, "KILLED", end_time=run.info.end_time)
 
 

@@ -80,7 +80,6 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     """Review a candidate (`run_id`, or the experiment's best run) for `champion`."""
     promotion = config.require_promotion()
     name = config.tracking.registered_model_name
-    registry.complete_interrupted_moves(name)  # before anything reads the aliases
     # A wrong run id, or a model that is not safe to load, fails before any work.
     given = _candidate_from_run(run_id, config.tracking.model_name) if run_id else None
     if given:
@@ -193,7 +192,6 @@ def rollback(config: ProjectConfig, dry_run: bool) -> Decision:
     rollback cannot bring the withdrawn version back)."""
     promotion = config.require_promotion()
     name = config.tracking.registered_model_name
-    registry.complete_interrupted_moves(name)
     before = registry.aliases(name)
     previous = before.get(promotion.previous_champion_alias)
     if previous is None:

@@ -76,54 +76,44 @@ def score_with_spark(
     logger.info("spark: starting a session (%s)", settings.spark.master or f"local[{threads}]")
     spark = spark_session(settings.spark, threads)
     try:
-        return _score(spark, model, source, staging, settings)
+        # Each Arrow batch a Python worker gets is one call to the model: within max_rows.
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", batch_rows(settings, model))
+        schema = output_schema(model, source)
+        answers = StructType(
+            [
+                StructField(field.name, from_arrow_type(field.type))
+                for field in schema
+                if field.name not in source.id_columns
+                # A null array<struct> breaks MLflow's conversion of the UDF's result:
+                # without explain, `reasons` is added as a typed null column instead.
+                and (field.name != REASONS or settings.explain)
+            ]
+        )
+        udf = mlflow.pyfunc.spark_udf(
+            spark,
+            model.uri,
+            result_type=answers,
+            env_manager="local",
+            params=request_params(settings),
+        )
+        logger.info("spark: reading %s (%s)", source.path, source.format)
+        rows = _read(spark, source)
+        answer = udf(*[F.col(name) for name in source.features])
+        scored = rows.select(*source.id_columns, answer.alias("answer")).select(
+            *source.id_columns, *(F.col(f"answer.{f.name}").alias(f.name) for f in answers)
+        )
+        if not settings.explain:
+            reasons_type = from_arrow_type(schema.field(REASONS).type)
+            scored = scored.withColumn(REASONS, F.lit(None).cast(reasons_type))
+        logger.info("spark: scoring and writing %s", staging)
+        scored.select(*schema.names).write.mode("overwrite").parquet(str(staging))
+        logger.info("spark: summing up the answers")
+        return _summary(spark.read.parquet(str(staging)))
     finally:
         try:
             spark.stop()
         except Exception as error:  # its JVM killed already, after an interrupt
             logger.warning("spark: could not stop the session: %s", error)
-
-
-def _score(
-    spark: SparkSession,
-    model: ScoringModel,
-    source: ScoringInput,
-    staging: Path,
-    settings: BatchConfig,
-) -> ScoreSummary:
-    # Each Arrow batch a Python worker gets is one call to the model: within max_rows.
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", batch_rows(settings, model))
-    schema = output_schema(model, source)
-    answers = StructType(
-        [
-            StructField(field.name, from_arrow_type(field.type))
-            for field in schema
-            if field.name not in source.id_columns
-            # A null array<struct> breaks MLflow's conversion of the UDF's result:
-            # without explain, `reasons` is added as a typed null column instead.
-            and (field.name != REASONS or settings.explain)
-        ]
-    )
-    udf = mlflow.pyfunc.spark_udf(
-        spark,
-        model.uri,
-        result_type=answers,
-        env_manager="local",
-        params=request_params(settings),
-    )
-    logger.info("spark: reading %s (%s)", source.path, source.format)
-    rows = _read(spark, source)
-    answer = udf(*[F.col(name) for name in source.features])
-    scored = rows.select(*source.id_columns, answer.alias("answer")).select(
-        *source.id_columns, *(F.col(f"answer.{f.name}").alias(f.name) for f in answers)
-    )
-    if not settings.explain:
-        reasons_type = from_arrow_type(schema.field(REASONS).type)
-        scored = scored.withColumn(REASONS, F.lit(None).cast(reasons_type))
-    logger.info("spark: scoring and writing %s", staging)
-    scored.select(*schema.names).write.mode("overwrite").parquet(str(staging))
-    logger.info("spark: summing up the answers")
-    return _summary(spark.read.parquet(str(staging)))
 
 
 def _read(spark: SparkSession, source: ScoringInput) -> DataFrame:

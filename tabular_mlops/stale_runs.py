@@ -69,25 +69,23 @@ def find_stale(experiment_ids: list[str], stale_after_hours: float) -> list[Stal
     for run in running:
         if active is not None and run.info.run_id == active.info.run_id:
             continue
-        if (reason := _why_stale(run, stale_after_hours)) is not None:
-            hours = (time.time() * 1000 - run.info.start_time) / 3_600_000
+        hours = (time.time() * 1000 - run.info.start_time) / 3_600_000
+        if (reason := _why_stale(run, hours, stale_after_hours)) is not None:
             stale.append(
                 StaleRun(run.info.run_id, run.info.run_name, run.info.experiment_id, hours, reason)
             )
     return stale
 
 
-def _why_stale(run: Run, stale_after_hours: float) -> str | None:
+def _why_stale(run: Run, hours: float, stale_after_hours: float) -> str | None:
     identity = run.data.tags.get(Tag.PROCESS)
     gone = _process_gone(identity) if identity else None
     if gone:
         host, pid, _ = identity.split(" ")
         return f"its process {pid} on {host} has ended"
-    if gone is None:
-        hours = (time.time() * 1000 - run.info.start_time) / 3_600_000
-        if hours > stale_after_hours:
-            where = f"process {identity}" if identity else "no process recorded"
-            return f"RUNNING for {hours:.1f} h ({where}; stale after {stale_after_hours:g} h)"
+    if gone is None and hours > stale_after_hours:
+        where = f"process {identity}" if identity else "no process recorded"
+        return f"RUNNING for {hours:.1f} h ({where}; stale after {stale_after_hours:g} h)"
     return None
 
 
