@@ -13,6 +13,7 @@ from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, M
 
 from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
 from tabular_mlops.errors import UserInputError
+from tabular_mlops.redaction import redact
 from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
 from tabular_mlops.tracking import configure_tracking
 
@@ -79,11 +80,18 @@ def unset_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:
 def configure_logging() -> None:
     if not sys.stderr.isatty():  # MLflow's download bars would flood logs, one per update
         os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines with URL passwords masked, whoever logs them (us, Optuna, SQLAlchemy)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def config_parser(entry_point: str, description: str | None) -> ArgumentParser:
@@ -122,6 +130,7 @@ def record_failure(reason: str) -> None:
         return
     try:
         configure_tracking()
-        mlflow.MlflowClient().set_tag(MLFLOW_RUN_ID.get(), Tag.ERROR, reason[:MAX_TAG_LENGTH])
+        reason = redact(reason)[:MAX_TAG_LENGTH]
+        mlflow.MlflowClient().set_tag(MLFLOW_RUN_ID.get(), Tag.ERROR, reason)
     except Exception as error:
         logger.warning("could not record the failure on run %s: %s", MLFLOW_RUN_ID.get(), error)

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from tabular_mlops.errors import ConfigError
+from tabular_mlops.redaction import redact_values
 from tabular_mlops.resources import available_cores
 
 DEFAULT_CONFIG_PATH = Path("config/churn.yaml")
@@ -396,8 +397,13 @@ class ProjectConfig(_Section):
         return self.custom_model
 
     def flat(self) -> dict[str, Any]:
-        """Settings as dotted keys (`model.n_estimators`), the form logged as run params."""
-        return _flatten(self.model_dump(mode="json"))
+        """Settings as dotted keys (`model.n_estimators`), the form logged as run params;
+        URL passwords masked."""
+        return _flatten(self.loggable())
+
+    def loggable(self) -> dict[str, Any]:
+        """The settings as logged (params, the config artifact): URL passwords masked."""
+        return redact_values(self.model_dump(mode="json"))
 
 
 def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> ProjectConfig:

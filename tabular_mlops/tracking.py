@@ -22,12 +22,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
 from tabular_mlops import interrupts, stale_runs
 from tabular_mlops.config import ProjectConfig, TrackingConfig
 from tabular_mlops.data import LabeledTable
 from tabular_mlops.errors import UserInputError
 from tabular_mlops.faults import FaultPoint, crash_if_injected
+from tabular_mlops.redaction import redact
 from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
 
 if TYPE_CHECKING:
@@ -79,7 +81,8 @@ def project_run(
     else:
         mlflow.set_experiment(config.tracking.experiment_name)
         run = mlflow.start_run(run_name=entry_point)
-    logger.info("run %s in %s", run.info.run_id, tracking_uri)
+    logger.info("run %s in %s", run.info.run_id, redact(tracking_uri))
+    mask_source_tags(run.info.run_id)
     describe_experiment(run.info.experiment_id, config.tracking)
     with run, interrupts.run_ends_killed(run.info.run_id):
         tags = {Tag.ENTRY_POINT: entry_point, Tag.PROCESS: stale_runs.this_process(), **git_tags()}
@@ -87,9 +90,23 @@ def project_run(
         try:
             yield run
         except Exception as error:
-            reason = str(error) if isinstance(error, UserInputError) else repr(error)
+            reason = redact(str(error) if isinstance(error, UserInputError) else repr(error))
             mlflow.set_tag(Tag.ERROR, reason[:MAX_TAG_LENGTH])
             raise
+
+
+# Where `mlflow run` says the code came from: a git URL, which may carry a token
+# (`mlflow run https://user:token@host/repo.git`, or a clone from such a URL).
+SOURCE_TAGS = (MLFLOW_SOURCE_NAME, MLFLOW_GIT_REPO_URL)
+
+
+def mask_source_tags(run_id: str) -> None:
+    """Replace credentials in the source tags MLflow set on `run_id` by `***` (a tag, unlike
+    a param, can be overwritten)."""
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    for name in SOURCE_TAGS:
+        if name in tags and (masked := redact(tags[name])) != tags[name]:
+            mlflow.MlflowClient().set_tag(run_id, name, masked)
 
 
 def finished_run(run_id: str, error: type[UserInputError] = UserInputError) -> Run:
@@ -97,7 +114,7 @@ def finished_run(run_id: str, error: type[UserInputError] = UserInputError) -> R
     try:
         run = mlflow.MlflowClient().get_run(run_id)
     except MlflowException:
-        raise error(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}") from None
+        raise error(f"run {run_id!r} not found in {redact(mlflow.get_tracking_uri())}") from None
     if run.info.status != "FINISHED":
         raise error(f"run {run_id} is {run.info.status}, not FINISHED")
     return run
@@ -145,7 +162,7 @@ def _git(directory: Path | None, *args: str) -> str:
 def log_config(config: ProjectConfig) -> None:
     """Resolved settings as dotted params, and the whole config as a YAML artifact."""
     mlflow.log_params(config.flat())
-    mlflow.log_dict(config.model_dump(mode="json"), "config/config.yaml")
+    mlflow.log_dict(config.loggable(), "config/config.yaml")
 
 
 def log_dataset(table: LabeledTable, context: str = "training") -> str:

@@ -49,6 +49,7 @@ from tabular_mlops.config import ProjectConfig, SearchDimension, TuningConfig
 from tabular_mlops.data import FeatureSpec
 from tabular_mlops.pipeline import build_classifier, build_preprocessing, configured_threads
 from tabular_mlops.plots import pyplot
+from tabular_mlops.redaction import redact
 from tabular_mlops.resources import TuningThreads, plan_tuning_threads
 from tabular_mlops.tags import Tag
 
@@ -323,7 +324,7 @@ def tune(
         tuning.cv_folds,
         f"after {tuning.early_stopping_rounds} rounds" if tuning.early_stopping_rounds else "off",
         tuning.pruner,
-        f"shared storage {_redacted(tuning.storage)}" if tuning.storage else "in memory",
+        f"shared storage {redact(tuning.storage)}" if tuning.storage else "in memory",
     )
     threading.Thread(target=_import_what_follows, name="import-ahead", daemon=True).start()
     try:
@@ -512,13 +513,3 @@ def _cv_metric_names() -> list[str]:
 
 def _trials(study: optuna.Study, state: optuna.trial.TrialState) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(state,))
-
-
-def _redacted(url: str) -> str:
-    """A storage URL without its password, for logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: say nothing of it
-        return "(storage)"
