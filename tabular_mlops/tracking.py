@@ -1,6 +1,7 @@
 """Runs and what goes into them: tags, config, dataset and the logged model."""
 
 import logging
+import re
 import subprocess
 import time
 import warnings
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 import pandas as pd
+from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -167,7 +169,7 @@ def log_config(config: ProjectConfig) -> None:
 
 def log_dataset(table: LabeledTable, context: str = "training") -> str:
     """Log the table as the run's input; returns its digest."""
-    mlflow.log_input(as_mlflow_dataset(table), context=context)
+    log_input(as_mlflow_dataset(table), context)
     mlflow.set_tag(Tag.DATASET_DIGEST, table.digest)
     return table.digest
 
@@ -196,7 +198,25 @@ def as_mlflow_dataset(table: LabeledTable) -> TableDataset:
 def log_file_input(path: Path, digest: str, context: str) -> None:
     """Log a file or folder the run read, not loaded in memory (a table to score, say)."""
     dataset = MetaDataset(_dataset_source(path), name=path.name, digest=digest)
-    mlflow.log_input(dataset, context=context)
+    log_input(dataset, context)
+
+
+# MLflow's SQL store looks the dataset up, then inserts it: two runs logging the same new
+# dataset in one experiment at once (two chains on a PostgreSQL server) both insert, and
+# one fails on the unique key. Logged again, it finds the other's row.
+_DATASET_RACE = re.compile(r"dataset_pk|UNIQUE constraint failed: datasets|Duplicate entry", re.I)
+
+
+def log_input(dataset: Dataset, context: str, attempts: int = 3) -> None:
+    """mlflow.log_input, again when another run inserted the same dataset meanwhile."""
+    for attempt in range(1, attempts + 1):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as error:
+            if attempt == attempts or not _DATASET_RACE.search(str(error)):
+                raise
+            logger.info("dataset %s logged by another run meanwhile: linking it", dataset.name)
 
 
 def _dataset_source(path: Path) -> DatasetSource:

@@ -1,13 +1,16 @@
 import json
 import logging
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow.data.digest_utils import compute_pandas_digest
+from mlflow.exceptions import MlflowException
 from mlflow.types.utils import _infer_schema
 
+from tabular_mlops import tracking
 from tabular_mlops.config import DataConfig, load_config
 from tabular_mlops.data import LabeledTable, prepare
 from tabular_mlops.tracking import (
@@ -87,3 +90,38 @@ def test_the_logged_dataset_has_the_tables_digest_schema_and_size(tracking_uri: 
         expected = _infer_schema(table.raw).to_dict()
     assert json.loads(logged.dataset.schema)["mlflow_colspec"] == expected
     assert mlflow.get_run(run.info.run_id).data.tags[Tag.DATASET_DIGEST] == table.digest
+
+
+def test_a_dataset_another_run_inserted_meanwhile_is_logged_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What PostgreSQL answers when two runs log the same new dataset at once.
+    race = MlflowException(
+        "BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique "
+        'constraint "dataset_pk"'
+    )
+    calls = []
+
+    def log_input(dataset: object, context: str) -> None:
+        calls.append(context)
+        if len(calls) == 1:
+            raise race
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    tracking.log_input(SimpleNamespace(name="table.csv"), "training")
+    assert calls == ["training", "training"]
+
+
+def test_any_other_error_logging_a_dataset_is_raised_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = []
+
+    def log_input(dataset: object, context: str) -> None:
+        calls.append(context)
+        raise MlflowException("PERMISSION_DENIED: Permission denied")
+
+    monkeypatch.setattr(mlflow, "log_input", log_input)
+    with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
+        tracking.log_input(SimpleNamespace(name="table.csv"), "training")
+    assert calls == ["training"]
