@@ -5,11 +5,11 @@ import re
 import subprocess
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import mlflow
 import pandas as pd
@@ -128,8 +128,13 @@ def describe_experiment(experiment_id: str, tracking: TrackingConfig) -> None:
     tags = dict(tracking.experiment_tags)
     if tracking.experiment_description:
         tags[DESCRIPTION_TAG] = tracking.experiment_description
+    current = client.get_experiment(experiment_id).tags
     for key, value in tags.items():
-        client.set_experiment_tag(experiment_id, key, value)
+        if current.get(key) != value:
+            again_after_insert_race(
+                lambda key=key, value=value: client.set_experiment_tag(experiment_id, key, value),
+                f"experiment tag {key}",
+            )
 
 
 @contextmanager
@@ -201,22 +206,32 @@ def log_file_input(path: Path, digest: str, context: str) -> None:
     log_input(dataset, context)
 
 
-# MLflow's SQL store looks the dataset up, then inserts it: two runs logging the same new
-# dataset in one experiment at once (two chains on a PostgreSQL server) both insert, and
-# one fails on the unique key. Logged again, it finds the other's row.
-_DATASET_RACE = re.compile(r"dataset_pk|UNIQUE constraint failed: datasets|Duplicate entry", re.I)
+# MLflow's SQL store looks a dataset or an experiment tag up, then inserts it: two runs
+# doing that at once for the same new one (two chains on a PostgreSQL server) both insert,
+# and one fails on the unique key. Done again, it finds the other's row.
+_INSERT_RACE = re.compile(
+    r"violates unique constraint|UNIQUE constraint failed|Duplicate entry", re.I
+)
+T = TypeVar("T")
 
 
-def log_input(dataset: Dataset, context: str, attempts: int = 3) -> None:
-    """mlflow.log_input, again when another run inserted the same dataset meanwhile."""
-    for attempt in range(1, attempts + 1):
+def again_after_insert_race(write: Callable[[], T], what: str, attempts: int = 3) -> T:
+    """`write()` (idempotent), again when another process inserted the same row meanwhile."""
+    for _ in range(attempts - 1):
         try:
-            mlflow.log_input(dataset, context=context)
-            return
+            return write()
         except MlflowException as error:
-            if attempt == attempts or not _DATASET_RACE.search(str(error)):
+            if not _INSERT_RACE.search(str(error)):
                 raise
-            logger.info("dataset %s logged by another run meanwhile: linking it", dataset.name)
+            logger.info("%s was written by another process meanwhile: again", what)
+    return write()
+
+
+def log_input(dataset: Dataset, context: str) -> None:
+    """mlflow.log_input, safe when another run logs the same new dataset at once."""
+    again_after_insert_race(
+        lambda: mlflow.log_input(dataset, context=context), f"dataset {dataset.name}"
+    )
 
 
 def _dataset_source(path: Path) -> DatasetSource:

@@ -92,14 +92,17 @@ def test_the_logged_dataset_has_the_tables_digest_schema_and_size(tracking_uri: 
     assert mlflow.get_run(run.info.run_id).data.tags[Tag.DATASET_DIGEST] == table.digest
 
 
+# What the server answers when two processes insert the same new row at once (PostgreSQL).
+PG_RACE = (
+    "BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique "
+    'constraint "dataset_pk"'
+)
+
+
 def test_a_dataset_another_run_inserted_meanwhile_is_logged_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # What PostgreSQL answers when two runs log the same new dataset at once.
-    race = MlflowException(
-        "BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique "
-        'constraint "dataset_pk"'
-    )
+    race = MlflowException(PG_RACE)
     calls = []
 
     def log_input(dataset: object, context: str) -> None:
@@ -125,3 +128,25 @@ def test_any_other_error_logging_a_dataset_is_raised_at_once(
     with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
         tracking.log_input(SimpleNamespace(name="table.csv"), "training")
     assert calls == ["training"]
+
+
+def test_experiment_tags_another_process_set_meanwhile_are_set_again(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(CHURN_CONFIG)
+    experiment_id = mlflow.create_experiment("described")
+    client = mlflow.MlflowClient()
+    set_tag, raised = client.set_experiment_tag, []
+
+    def racing(experiment: str, key: str, value: str) -> None:
+        if not raised:  # the first tag, as a second process inserting it at the same time
+            raised.append(key)
+            set_tag(experiment, key, value)
+            raise MlflowException(PG_RACE.replace("dataset_pk", "experiment_tag_pk"))
+        set_tag(experiment, key, value)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", lambda self, *a: racing(*a))
+    tracking.describe_experiment(experiment_id, config.tracking)
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.note.content"] == config.tracking.experiment_description
+    assert {k: tags[k] for k in config.tracking.experiment_tags} == config.tracking.experiment_tags
