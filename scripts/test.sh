@@ -5,8 +5,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 source .venv/bin/activate
 # What some tests need from the system, installed as root when missing (otherwise those
-# tests are skipped with a reason, or fail under CI=true): PostgreSQL for the shared-study
-# tuning test, a Java runtime for the Spark engine of batch_score.
+# tests are skipped with a reason, or fail under CI=true): PostgreSQL for the team stack
+# (scripts/stack.sh), a Java runtime for the Spark engine of batch_score. The rest of the
+# stack (SeaweedFS, MLflow's auth app, the compose checker) comes from pip: `.[dev]`.
 packages=()
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     packages+=(postgresql)
