@@ -2,6 +2,7 @@
 (used by the end-to-end tests and the benches; not part of the library)."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -19,6 +20,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((LOOPBACK, 0))
         return probe.getsockname()[1]
+
+
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive free loopback ports."""
+    for _ in range(100):
+        first = random.randrange(20000, 40000)
+        try:
+            with ExitStack() as probes:
+                for port in range(first, first + size):
+                    probes.enter_context(socket.socket()).bind((LOOPBACK, port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {size} consecutive free ports")
 
 
 @contextmanager

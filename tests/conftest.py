@@ -1,16 +1,20 @@
 import atexit
-import glob
 import json
 import os
+import secrets
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,17 @@ import pytest
 import yaml
 from mlflow.models.model import ModelInfo
 
-from bench.servers import background_server, free_port, model_server
+from bench.servers import free_port, free_port_block, model_server
+from tabular_mlops.stack import (
+    ADMIN,
+    ADMIN_PASSWORD_VARIABLE,
+    SEAWEEDFS_PORTS,
+    SERVICES,
+    LocalStack,
+    StackError,
+    StackSettings,
+    postgres_bin_dir,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
@@ -157,50 +171,89 @@ def missing_tool(what: str) -> None:
     pytest.skip(reason)
 
 
+# The team stack (scripts/stack.sh): PostgreSQL, SeaweedFS and `mlflow server` with auth.
+
+TRAINER, VIEWER = "trainer", "viewer"
+
+
+@dataclass(frozen=True)
+class TeamStack:
+    """The session's local stack, its admin and two users (a trainer and a viewer)."""
+
+    environment: dict[str, str]  # what `scripts/stack.sh` is given: STACK_*, admin password
+    passwords: dict[str, str]  # user -> password, the admin's included
+    up_seconds: float  # `scripts/stack.sh up` on a new folder, until all of it answered
+
+    @property
+    def local(self) -> LocalStack:
+        return LocalStack(StackSettings.from_environment(self.environment), self.environment)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.local.settings.tracking_uri
+
+    def as_user(self, user: str) -> dict[str, str]:
+        """The variables a user sets to work against the stack."""
+        return {
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": self.passwords[user],
+        }
+
+    def script(self, *arguments: str, extra_env: dict[str, str] | None = None):
+        """`scripts/stack.sh ARGUMENTS` as a user runs it."""
+        return subprocess.run(
+            [str(PROJECT_DIR / "scripts" / "stack.sh"), *arguments],
+            env=users_environment() | self.environment | (extra_env or {}),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A throwaway PostgreSQL server on loopback (scripts/test.sh installs PostgreSQL)."""
-    found = shutil.which("initdb") or next(
-        iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None
-    )
-    if found is None:
-        missing_tool("PostgreSQL server binaries")
-    bin_dir = Path(found).parent
-    # PostgreSQL refuses to run as root: as root, run it as the `postgres` user, in a
-    # directory that user owns (pytest's own temporary directories are root-only).
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="tabular-mlops-pg-"))
-    if as_postgres:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", free_port()
-    run = {"check": True, "capture_output": True, "timeout": 120}
-    subprocess.run(
-        [*as_postgres, bin_dir / "initdb", "-D", data, "-U", "postgres", "-A", "trust"], **run
-    )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    pg_ctl = [*as_postgres, bin_dir / "pg_ctl", "-D", data]
-    subprocess.run([*pg_ctl, "-o", options, "-l", root / "server.log", "-w", "start"], **run)
+def team_stack() -> Iterator[TeamStack]:
+    """`scripts/stack.sh up` in a new folder on free ports, with a trainer and a viewer
+    made by `scripts/stack.sh user`; `down` at the end of the session."""
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        postgres_bin_dir()
+    except StackError:
+        missing_tool("PostgreSQL server binaries")
+    root = Path(tempfile.mkdtemp(prefix="tabular-mlops-stack-"))
+    root.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must reach its folder
+    environment = {
+        "STACK_DIR": str(root),
+        "STACK_MLFLOW_PORT": str(free_port()),
+        "STACK_POSTGRES_PORT": str(free_port()),
+        "STACK_S3_PORT": str(free_port_block(1 + SEAWEEDFS_PORTS)),
+        ADMIN_PASSWORD_VARIABLE: secrets.token_urlsafe(16),
+    }
+    passwords = {ADMIN: environment[ADMIN_PASSWORD_VARIABLE]}
+    stack = TeamStack(environment, passwords, up_seconds=0.0)
+    started = time.monotonic()
+    up = stack.script("up")
+    up_seconds = time.monotonic() - started
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        admin = stack.as_user(ADMIN)
+        passwords |= {user: secrets.token_urlsafe(16) for user in (TRAINER, VIEWER)}
+        with ThreadPoolExecutor(2) as pool:
+            made = pool.map(
+                lambda user: stack.script(
+                    "user", user, user, extra_env=admin | {"USER_PASSWORD": passwords[user]}
+                ),
+                (TRAINER, VIEWER),
+            )
+            for done in made:
+                assert done.returncode == 0, done.stderr[-3000:]
+        yield TeamStack(environment, passwords, up_seconds)
     finally:
-        subprocess.run([*pg_ctl, "-m", "immediate", "stop"], **run)
+        # `down` is tested (test_e2e_stack.py); here the stack just goes, at once (SeaweedFS
+        # takes 16 s to stop politely).
+        for service in SERVICES:
+            if pid := stack.local.running_pid(service):
+                os.killpg(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free loopback port, proxying its artifacts."""
-    root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", sqlite_uri(root / "server.db")]
-    command += ["--artifacts-destination", str(root / "artifacts")]
-    url = f"http://127.0.0.1:{port}"
-    # MLflow 3's job runner (GenAI scorers: five more processes) is not needed here.
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with background_server(command, f"{url}/health", root / "server.log", 180, env):
-        yield url
 
 
 # End-to-end helpers: the real `mlflow run` on a committed copy of the project.
@@ -216,6 +269,12 @@ _GIT_IDENTITY = {
 @pytest.fixture(scope="session")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project's files (tracked or new, not ignored) committed in a fresh repository."""
+    return copy_of_project(tmp_path_factory.mktemp("project"))
+
+
+def copy_of_project(copy: Path) -> Path:
+    """The project's files (tracked or new, not ignored) committed in a new repository
+    in `copy`."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=PROJECT_DIR,
@@ -223,7 +282,6 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
         check=True,
     ).stdout.splitlines()
-    copy = tmp_path_factory.mktemp("project")
     for name in listed:
         source = PROJECT_DIR / name
         if source.is_file():  # deleted but not yet committed files are listed too
@@ -296,13 +354,22 @@ def use_store(tracking_uri: str) -> mlflow.MlflowClient:
 
 @contextmanager
 def served(
-    store: str, env_manager: str, env_root: Path, log_dir: Path, model_uri: str = SERVICE_URI
+    store: str,
+    env_manager: str,
+    env_root: Path,
+    log_dir: Path,
+    model_uri: str = SERVICE_URI,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """`mlflow models serve -m <model_uri>` on a loopback port."""
-    environment = users_environment() | {
-        "MLFLOW_TRACKING_URI": store,
-        "MLFLOW_ENV_ROOT": str(env_root),
-    }
+    environment = (
+        users_environment()
+        | {
+            "MLFLOW_TRACKING_URI": store,
+            "MLFLOW_ENV_ROOT": str(env_root),
+        }
+        | (extra_env or {})
+    )
     log = log_dir / f"serve-{env_manager}.log"
     with model_server(model_uri, env_manager, log, environment) as url:
         yield url

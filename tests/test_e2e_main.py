@@ -1,7 +1,7 @@
 """End to end: `mlflow run .` (entry point `main`) chains the four steps as child runs and
 reuses those whose inputs did not change: with `--env-manager local` on the default sqlite
-store (./mlflow.db), and with uv against a tracking server. The tests of the sqlite chain
-build on each other, in file order."""
+store (./mlflow.db). The tests build on each other, in file order. (`main` under uv, on the
+team stack: tests/test_e2e_stack.py.)"""
 
 import subprocess
 from dataclasses import dataclass
@@ -9,18 +9,15 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
 from mlflow.entities import Run
 from mlflow.projects.utils import load_project
 from mlflow.utils.mlflow_tags import (
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_PROJECT_ENTRY_POINT,
-    MLFLOW_PROJECT_ENV,
 )
 
 from tabular_mlops.tags import Tag
 from tests.conftest import (
-    CHURN_CONFIG,
     E2E_EXPERIMENT,
     SERVICE_URI,
     churn_frame,
@@ -196,33 +193,3 @@ def test_a_bad_parameter_fails_main_before_any_step(first: MainRun, project: Pat
     assert message in failed.process.stderr
     assert message in failed.run.data.tags[Tag.ERROR]
     assert failed.children() == {}
-
-
-def test_main_under_uv_against_a_tracking_server(project: Path, tracking_server: str) -> None:
-    # Its own config file (untracked, so the tree stays clean; its bytes are in the key):
-    # other tests register models on this server too.
-    settings = yaml.safe_load(CHURN_CONFIG.read_text())
-    settings["tracking"]["registered_model_name"] = "server-chain-classifier"
-    settings["custom_model"]["registered_model_name"] = "server-chain-service"
-    (project / "config" / "server-chain.yaml").write_text(yaml.safe_dump(settings))
-    options = {"experiment": "main-on-server", "env_manager": "uv"}
-    parameters = ("config=config/server-chain.yaml", *BASE)
-
-    chained = run_main(project, tracking_server, *parameters, **options)
-    assert chained.process.returncode == 0, chained.process.stderr[-5000:]
-    children = chained.children()
-    assert set(children) == set(STEPS)
-    # main ran under uv, and so did every step it launched.
-    assert chained.run.data.tags[MLFLOW_PROJECT_ENV] == "uv"
-    assert {run.data.tags[MLFLOW_PROJECT_ENV] for run in children.values()} == {"uv"}
-    assert "--env-manager uv -p 5001" in chained.process.stdout
-
-    # (Reuse is the same code under any env manager: test_a_second_main_reuses_every_step.)
-
-    # Both champions load back over HTTP and agree.
-    pipeline = mlflow.sklearn.load_model("models:/server-chain-classifier@champion")
-    service = mlflow.pyfunc.load_model("models:/server-chain-service@champion")
-    rows = churn_frame().drop(columns=["customer_id", "churn"]).head(3)
-    rows = rows.astype({column: "float64" for column in rows.select_dtypes("number")})
-    answer = service.predict(rows)
-    assert answer["probability"] == pytest.approx(pipeline.predict_proba(rows)[:, 1])

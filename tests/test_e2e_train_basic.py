@@ -118,21 +118,6 @@ def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path
     assert client.get_model_version_by_alias(REGISTERED, ALIAS).run_id == run.info.run_id
 
 
-def test_train_basic_against_a_tracking_server(project: Path, tracking_server: str) -> None:
-    result = mlflow_run(project, tracking_server, ENTRY_POINT, "n_estimators=50")
-    assert result.returncode == 0, result.stderr[-3000:]
-    client = use_store(tracking_server)
-    run = only_run()
-    assert run.info.status == "FINISHED" and run.data.metrics["roc_auc"] >= 0.83
-    assert client.get_model_version_by_alias(REGISTERED, ALIAS).run_id == run.info.run_id
-    # Artifacts went through the server, and the registered model loads back over HTTP.
-    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
-    paths = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert {"roc_curve_plot.png", "confusion_matrix.png"} <= paths
-    model = mlflow.sklearn.load_model(f"models:/{REGISTERED}@{ALIAS}")
-    assert model.named_steps["classifier"].n_estimators == 50
-
-
 @pytest.fixture(scope="module")
 def shared_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One store for the failing runs, each in its own experiment: no store is created

@@ -1,17 +1,12 @@
 """The `track` step in-process on a sample of the churn table, and a shared study."""
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import optuna
 import pandas as pd
 import pytest
-import yaml
 
 from steps import track
 from tabular_mlops.tags import Tag
@@ -24,7 +19,7 @@ from tabular_mlops.tuning import (
     TRIAL_STATE_TAG,
     TRIAL_TAG,
 )
-from tests.conftest import PROJECT_DIR, churn_frame, churn_settings, write_config
+from tests.conftest import churn_frame, churn_settings, write_config
 
 SMALL_SPACE = {
     "n_estimators": {"type": "int", "low": 20, "high": 80},
@@ -246,53 +241,6 @@ def test_bad_tuning_input_stops_before_any_run(
         assert track.main(["--config", str(config), *argv]) == 1
     assert message in caplog.text
     assert mlflow.search_runs(search_all_experiments=True).empty  # no parent, no trial
-
-
-@TRAINS
-def test_two_processes_add_trials_to_one_shared_study(postgres_url: str, tmp_path: Path) -> None:
-    config = small_config(tmp_path, n_trials=3, cv_folds=2)
-    # Two "machines" sharing this one's cores: one LightGBM thread each (LightGBM takes
-    # every physical core by default and ignores OMP_NUM_THREADS).
-    settings = yaml.safe_load(config.read_text())
-    settings["model"]["params"]["n_jobs"] = 1
-    config.write_text(yaml.safe_dump(settings))
-    stores = [tmp_path / f"machine-{i}.db" for i in (1, 2)]
-    command = [sys.executable, "-m", "steps.track", "--config", str(config)]
-    command += ["--storage", postgres_url, "--study-name", "shared"]
-    env = os.environ | {"PYTHONPATH": str(PROJECT_DIR)}
-    workers = [
-        subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=env | {"MLFLOW_TRACKING_URI": f"sqlite:///{store}"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for store in stores
-    ]
-    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
-    for store, output in zip(stores, outputs, strict=True):
-        store.with_suffix(".log").write_text(output)
-    assert [worker.returncode for worker in workers] == [0, 0], f"see {tmp_path}/machine-*.log"
-
-    study = optuna.load_study(study_name="shared", storage=postgres_url)
-    # Pruning applies across the shared study: a trial may end pruned once 5 completed.
-    ended = study.get_trials(
-        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    )
-    assert sorted(trial.number for trial in ended) == list(range(6))
-
-    numbers_per_store = []
-    for store in stores:
-        mlflow.set_tracking_uri(f"sqlite:///{store}")
-        parent, trials = parent_and_trials()
-        assert parent.info.status == "FINISHED" and len(trials) == 3
-        assert {trial.data.tags[STUDY_TAG] for trial in trials} == {"shared"}
-        numbers_per_store.append({int(trial.data.tags[TRIAL_TAG]) for trial in trials})
-        assert int(parent.data.params["best.trial"]) in range(6)
-    assert numbers_per_store[0].isdisjoint(numbers_per_store[1])
-    assert numbers_per_store[0] | numbers_per_store[1] == set(range(6))
 
 
 @TRAINS

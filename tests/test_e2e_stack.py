@@ -1,0 +1,428 @@
+"""End to end on the team stack (scripts/stack.sh: PostgreSQL, SeaweedFS, `mlflow server`
+with basic auth): users and permissions; the whole chain as the trainer, with
+`--env-manager local` and at the same time under uv, with no secret leaked; the champion
+served as the viewer; a study shared by two `track` workers; eight `train_basic` runs at
+once; `down` and `up` keeping the data. The tests run in file order on one stack (the
+session's `team_stack`)."""
+
+import copy
+import os
+import secrets
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_PROJECT_ENTRY_POINT,
+    MLFLOW_PROJECT_ENV,
+)
+
+from bench.stack import bucket_keys, scan_stack
+from tabular_mlops import processes
+from tabular_mlops.access import grant_role
+from tabular_mlops.config import load_config
+from tabular_mlops.stack import ADMIN, OPTUNA_DATABASE, SERVICES
+from tabular_mlops.tuning import STUDY_TAG, TRIAL_TAG
+from tests.conftest import (
+    CHURN_CONFIG,
+    E2E_EXPERIMENT,
+    SERVICE_URI,
+    TRAINER,
+    VIEWER,
+    TeamStack,
+    churn_frame,
+    copy_of_project,
+    mlflow_run,
+    post,
+    served,
+    session_env_root,
+)
+
+pytestmark = pytest.mark.e2e
+
+CLASSIFIER = "churn-classifier"  # config/churn.yaml's registered models
+# The chain under uv: its experiment and models (the trainer creates them: theirs to manage).
+UV_EXPERIMENT, UV_CLASSIFIER, UV_SERVICE = "main-under-uv", "uv-classifier", "uv-service"
+STEPS = ("train_basic", "track", "register", "custom_model")
+CONCURRENT_RUNS = 8
+DENIED = r"PERMISSION_DENIED|403|[Pp]ermission denied"  # how MLflow reports a 403
+
+
+@pytest.fixture(scope="module")
+def stack_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone of the project for this module: it must end with no artifact on its disk."""
+    return copy_of_project(tmp_path_factory.mktemp("stack-project"))
+
+
+@pytest.fixture
+def as_user(team_stack: TeamStack, monkeypatch: pytest.MonkeyPatch):
+    """Switch this process's MLflow client to one of the stack's users."""
+
+    def switch(user: str) -> mlflow.MlflowClient:
+        for name, value in team_stack.as_user(user).items():
+            monkeypatch.setenv(name, value)
+        mlflow.set_tracking_uri(team_stack.tracking_uri)
+        return mlflow.MlflowClient()
+
+    return switch
+
+
+def stack_run(
+    team_stack: TeamStack,
+    project: Path,
+    user: str,
+    entry_point: str,
+    *parameters: str,
+    env_manager: str = "local",
+    experiment: str = E2E_EXPERIMENT,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """`mlflow run` as `user` with the variables `scripts/stack.sh up` prints (and `env`)."""
+    return mlflow_run(
+        project,
+        team_stack.tracking_uri,
+        entry_point,
+        *parameters,
+        env_manager=env_manager,
+        experiment=experiment,
+        extra_env=team_stack.as_user(user) | env,
+    )
+
+
+def test_up_is_healthy_idempotent_and_on_loopback_only(team_stack: TeamStack) -> None:
+    assert team_stack.up_seconds < 180
+    again = team_stack.script("up")
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("already running") == len(SERVICES)
+    assert f"export MLFLOW_TRACKING_URI={team_stack.tracking_uri}" in again.stdout
+    status = team_stack.script("status")
+    assert status.returncode == 0 and status.stdout.count("running (pid") == len(SERVICES)
+    pids = [team_stack.local.running_pid(service) for service in SERVICES]
+    addresses = listening_addresses(pids)
+    assert team_stack.local.settings.mlflow_port in {port for _, port in addresses}
+    assert {host for host, _ in addresses} == {"127.0.0.1"}
+
+
+def test_anonymous_requests_get_401_everywhere_but_health(team_stack: TeamStack) -> None:
+    uri = team_stack.tracking_uri
+    assert status_of(f"{uri}/health") == 200
+    for path in (
+        "/",
+        "/api/2.0/mlflow/experiments/search?max_results=1",
+        "/api/2.0/mlflow/registered-models/search",
+        f"/api/2.0/mlflow/registered-models/alias?name={CLASSIFIER}&alias=champion",
+        "/api/2.0/mlflow-artifacts/artifacts/1",
+        "/ajax-api/2.0/mlflow/runs/search",
+    ):
+        assert status_of(f"{uri}{path}") == 401, path
+
+
+@dataclass(frozen=True)
+class Chains:
+    local: subprocess.CompletedProcess[str]  # --env-manager local, experiment churn
+    uv: subprocess.CompletedProcess[str]  # under uv, its own experiment and models
+
+
+@pytest.fixture(scope="module")
+def chains(
+    team_stack: TeamStack, stack_project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Chains:
+    """Two `mlflow run .` (main) as the trainer at the same time, as two people would:
+    with `--env-manager local`, the Optuna database's password in `tuning.storage` and the
+    trainer's in MLFLOW_TRACKING_PASSWORD; and under uv, in its own experiment and models."""
+    settings = yaml.safe_load(CHURN_CONFIG.read_text())
+    optuna_password = team_stack.local.secrets[OPTUNA_DATABASE]
+    storage = team_stack.local.settings.optuna_storage
+    local = copy.deepcopy(settings)
+    local["tuning"]["storage"] = storage.replace("optuna@", f"optuna:{optuna_password}@")
+    local_config = tmp_path_factory.mktemp("stack-config") / "team.yaml"
+    local_config.write_text(yaml.safe_dump(local))
+    settings["tracking"]["registered_model_name"] = UV_CLASSIFIER
+    settings["custom_model"]["registered_model_name"] = UV_SERVICE
+    # Untracked (the tree stays clean), in the project: uv's run copies nothing else.
+    (stack_project / "config" / "uv-chain.yaml").write_text(yaml.safe_dump(settings))
+    small = ("n_trials=2", "check_env_manager=none")
+    with ThreadPoolExecutor(2) as pool:
+        on_local = pool.submit(
+            stack_run, team_stack, stack_project, TRAINER, "main", f"config={local_config}", *small
+        )
+        on_uv = pool.submit(
+            stack_run,
+            team_stack,
+            stack_project,
+            TRAINER,
+            "main",
+            "config=config/uv-chain.yaml",
+            *small,
+            env_manager="uv",
+            experiment=UV_EXPERIMENT,
+        )
+        done = Chains(on_local.result(), on_uv.result())
+    assert done.local.returncode == 0, done.local.stderr[-5000:]
+    assert done.uv.returncode == 0, done.uv.stderr[-5000:]
+    return done
+
+
+def test_the_chain_runs_as_the_trainer_with_artifacts_in_the_bucket(
+    chains: Chains,
+    team_stack: TeamStack,
+    stack_project: Path,
+    as_user,
+) -> None:
+    client = as_user(TRAINER)
+    experiment = client.get_experiment_by_name(E2E_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    (main,) = [run for run in runs if run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT) == "main"]
+    children = [run for run in runs if run.data.tags.get(MLFLOW_PARENT_RUN_ID) == main.info.run_id]
+    assert {run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT) for run in children} == set(STEPS)
+    assert {run.info.status for run in (main, *children)} == {"FINISHED"}
+    assert client.get_model_version_by_alias(CLASSIFIER, "champion").run_id in {
+        run.info.run_id for run in runs
+    }
+    # Artifacts go through the server to the bucket: listed by the S3 API, none on this disk.
+    assert {run.info.artifact_uri.split(":")[0] for run in runs} == {"mlflow-artifacts"}
+    keys = bucket_keys(team_stack.local)
+    for run in (main, *children):
+        assert any(key.startswith(f"{experiment.experiment_id}/{run.info.run_id}/") for key in keys)
+    assert any("/models/" in key and key.endswith("MLmodel") for key in keys)
+    left = [p for p in stack_project.rglob("*") if p.name in ("mlruns", "mlartifacts", "mlflow.db")]
+    assert left == []
+
+
+def test_the_chain_under_uv_ran_every_step_in_uv_at_the_same_time(chains: Chains, as_user) -> None:
+    client = as_user(TRAINER)
+    experiment = client.get_experiment_by_name(UV_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    (main,) = [run for run in runs if run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT) == "main"]
+    children = [run for run in runs if run.data.tags.get(MLFLOW_PARENT_RUN_ID) == main.info.run_id]
+    assert {run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT) for run in children} == set(STEPS)
+    # main ran under uv, and so did every step it launched.
+    assert {run.data.tags[MLFLOW_PROJECT_ENV] for run in (main, *children)} == {"uv"}
+    assert "--env-manager uv -p 5001" in chains.uv.stdout
+    # Both champions load back over HTTP and agree.
+    pipeline = mlflow.sklearn.load_model(f"models:/{UV_CLASSIFIER}@champion")
+    service = mlflow.pyfunc.load_model(f"models:/{UV_SERVICE}@champion")
+    rows = churn_frame().drop(columns=["customer_id", "churn"]).head(3)
+    rows = rows.astype({column: "float64" for column in rows.select_dtypes("number")})
+    answer = service.predict(rows)
+    assert answer["probability"] == pytest.approx(pipeline.predict_proba(rows)[:, 1])
+
+
+def test_no_secret_in_params_tags_artifacts_or_output(
+    chains: Chains, team_stack: TeamStack, as_user
+) -> None:
+    secrets = {
+        "optuna database password": team_stack.local.secrets[OPTUNA_DATABASE],
+        "trainer password": team_stack.passwords[TRAINER],
+        "admin password": team_stack.passwords[ADMIN],
+    }
+    output = "".join(run.stdout + run.stderr for run in (chains.local, chains.uv))
+    admin = as_user(ADMIN)
+    texts, objects, found = scan_stack(team_stack.local, admin, secrets, output)
+    print(f"leak scan: {len(texts)} texts, {len(objects)} bucket objects, {len(found)} hits")
+    assert found == []
+    # It saw every run and every artifact.
+    runs = admin.search_runs([e.experiment_id for e in admin.search_experiments()])
+    assert {f"run {run.info.run_id}" for run in runs} <= set(texts)
+    assert set(objects) == bucket_keys(team_stack.local) and len(objects) > 50
+    # The storage is logged, its password masked.
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    storages = {run.data.params.get("tuning.storage") for run in runs}
+    assert team_stack.local.settings.optuna_storage.replace("optuna@", "optuna:***@") in storages
+
+
+def test_the_viewer_serves_the_champion_but_cannot_write(
+    chains: Chains,
+    team_stack: TeamStack,
+    stack_project: Path,
+    tmp_path: Path,
+    as_user,
+) -> None:
+    viewer = team_stack.as_user(VIEWER)
+    env_root = session_env_root(stack_project)
+    with served(team_stack.tracking_uri, "local", env_root, tmp_path, SERVICE_URI, viewer) as url:
+        rows = churn_frame().drop(columns=["customer_id", "churn"]).head(2)
+        body = f'{{"dataframe_split": {rows.to_json(orient="split", index=False)}}}'
+        status, answer = post(url, body.encode(), "application/json")
+    assert status == 200, answer
+    probabilities = answer["predictions"]["probability"]  # columnar: one list per output
+    assert len(probabilities) == 2 and all(0 <= p <= 1 for p in probabilities)
+    client = as_user(VIEWER)
+    experiment = client.get_experiment_by_name(E2E_EXPERIMENT)
+    with pytest.raises(MlflowException, match=DENIED):
+        client.create_run(experiment.experiment_id)
+    champion = client.get_model_version_by_alias(CLASSIFIER, "champion")
+    with pytest.raises(MlflowException, match=DENIED):
+        client.set_registered_model_alias(CLASSIFIER, "viewer-was-here", champion.version)
+    assert "viewer-was-here" not in client.get_registered_model(CLASSIFIER).aliases
+
+
+def test_granting_again_changes_a_users_role(
+    team_stack: TeamStack, as_user, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = load_config(CHURN_CONFIG)
+    password = secrets.token_urlsafe(16)
+    as_user(ADMIN)
+    grant_role("switcher", password, "viewer", config)
+    team_stack.passwords["switcher"] = password
+    switcher = as_user("switcher")
+    experiment_id = switcher.get_experiment_by_name(E2E_EXPERIMENT).experiment_id
+    with pytest.raises(MlflowException, match=DENIED):
+        switcher.create_run(experiment_id)
+    as_user(ADMIN)
+    grant_role("switcher", password, "trainer", config)
+    run = as_user("switcher").create_run(experiment_id)
+    as_user("switcher").set_terminated(run.info.run_id)
+
+
+def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
+    team_stack: TeamStack, stack_project: Path, as_user
+) -> None:
+    # The password by libpq's PGPASSWORD, not in the URL: `mlflow run` logs every -P value.
+    storage = team_stack.local.settings.optuna_storage
+    password = team_stack.local.secrets[OPTUNA_DATABASE]
+    parameters = ("n_trials=3", "cv_folds=2", f"storage={storage}", "study_name=shared-on-stack")
+    with ThreadPoolExecutor(2) as pool:
+        workers = [
+            pool.submit(
+                stack_run,
+                team_stack,
+                stack_project,
+                TRAINER,
+                "track",
+                *parameters,
+                PGPASSWORD=password,
+            )
+            for _ in range(2)
+        ]
+        done = [worker.result() for worker in workers]
+    assert [run.returncode for run in done] == [0, 0], [run.stderr[-3000:] for run in done]
+    with_password = storage.replace("optuna@", f"optuna:{password}@")
+    study = optuna.load_study(study_name="shared-on-stack", storage=with_password)
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert sorted(trial.number for trial in study.get_trials(states=ended)) == list(range(6))
+    as_user(TRAINER)
+    trials = mlflow.search_runs(
+        experiment_names=[E2E_EXPERIMENT],
+        filter_string=f"tags.`{STUDY_TAG}` = 'shared-on-stack'",
+        output_format="list",
+    )
+    by_parent: dict[str, set[int]] = {}
+    for trial in trials:
+        by_parent.setdefault(trial.data.tags[MLFLOW_PARENT_RUN_ID], set()).add(
+            int(trial.data.tags[TRIAL_TAG])
+        )
+    assert len(by_parent) == 2 and all(len(numbers) == 3 for numbers in by_parent.values())
+    first, second = by_parent.values()
+    assert first.isdisjoint(second) and first | second == set(range(6))
+
+
+def test_eight_train_basic_runs_at_once_all_register(
+    team_stack: TeamStack, stack_project: Path, as_user
+) -> None:
+    started = time.monotonic()
+    with ThreadPoolExecutor(CONCURRENT_RUNS) as pool:
+        runs = list(
+            pool.map(
+                lambda _: stack_run(
+                    team_stack, stack_project, TRAINER, "train_basic", "n_estimators=50"
+                ),
+                range(CONCURRENT_RUNS),
+            )
+        )
+    seconds = time.monotonic() - started
+    failures = [run.stderr[-2000:] for run in runs if run.returncode != 0]
+    print(f"{CONCURRENT_RUNS} train_basic at once: {seconds:.1f} s, {len(failures)} failed")
+    assert failures == []
+    client = as_user(TRAINER)
+    run_ids = {run_id_of(run.stdout + run.stderr) for run in runs}
+    assert len(run_ids) == CONCURRENT_RUNS
+    assert {client.get_run(run_id).info.status for run_id in run_ids} == {"FINISHED"}
+    versions = client.search_model_versions(f"name = '{CLASSIFIER}'")
+    ours = [version for version in versions if version.run_id in run_ids]
+    assert len({version.version for version in ours}) == CONCURRENT_RUNS
+
+
+def test_down_stops_everything_and_up_keeps_the_data(team_stack: TeamStack, as_user) -> None:
+    before = as_user(TRAINER).search_model_versions(f"name = '{CLASSIFIER}'")
+    keys = bucket_keys(team_stack.local)
+    pids = [team_stack.local.running_pid(service) for service in SERVICES]
+    down = team_stack.script("down")
+    assert down.returncode == 0, down.stderr
+    assert not any(processes.is_alive(pid) for pid in pids if pid)
+    status = team_stack.script("status")
+    assert status.returncode == 3 and status.stdout.count("stopped") == len(SERVICES)
+    again = team_stack.script("down")
+    assert again.returncode == 0 and again.stderr.count("not running") == len(SERVICES)
+
+    up = team_stack.script("up")
+    assert up.returncode == 0, up.stderr
+    after = as_user(TRAINER).search_model_versions(f"name = '{CLASSIFIER}'")
+    assert {v.version for v in after} == {v.version for v in before}
+    assert bucket_keys(team_stack.local) == keys
+    # The users' passwords survived too: the trainer just read the registry with it.
+
+
+# Helpers.
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def run_id_of(output: str) -> str:
+    marker = "=== Run (ID '"
+    return output[output.rindex(marker) + len(marker) :].split("'")[0]
+
+
+def listening_addresses(pids: list[int | None]) -> set[tuple[str, int]]:
+    """The (host, port) each of these processes' groups listens on (Linux /proc)."""
+    group_pids = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and _group_of(int(entry.name)) in set(pids)
+    ]
+    inodes: set[str] = set()
+    for pid in group_pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = str(fd.readlink()) if fd.is_symlink() else ""
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                host, port = fields[1].split(":")
+                addresses.add((_host(host), int(port, 16)))
+    return addresses
+
+
+def _group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _host(hexadecimal: str) -> str:
+    if len(hexadecimal) == 8:  # IPv4, little-endian
+        return ".".join(str(int(hexadecimal[i : i + 2], 16)) for i in (6, 4, 2, 0))
+    return "::" if set(hexadecimal) == {"0"} else hexadecimal
