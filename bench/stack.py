@@ -128,8 +128,9 @@ class StackBench:
 
     def __init__(self, clone: Clone, scratch: Path) -> None:
         self.clone = clone
+        scratch.chmod(0o755)  # as root, PostgreSQL runs as `postgres`: it must reach its folder
         root = scratch / "stack"
-        root.mkdir(mode=0o755)  # as root, PostgreSQL runs as `postgres`: it must reach it
+        root.mkdir(mode=0o755)
         self.environment = stack_environment(root)
         self.stack = LocalStack(StackSettings.from_environment(self.environment), self.environment)
         self.sqlite_uri = f"sqlite:///{scratch / 'bench.db'}"
