@@ -1,6 +1,7 @@
 """Runs and what goes into them: tags, config, dataset and the logged model."""
 
 import logging
+import os
 import re
 import subprocess
 import time
@@ -19,7 +20,11 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.entities import Metric, Run
-from mlflow.environment_variables import MLFLOW_RUN_ID, MLFLOW_TRACKING_URI
+from mlflow.environment_variables import (
+    MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD,
+    MLFLOW_RUN_ID,
+    MLFLOW_TRACKING_URI,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.models.model import ModelInfo
@@ -51,6 +56,10 @@ DESCRIPTION_TAG = "mlflow.note.content"
 
 def configure_tracking() -> str:
     """Use MLFLOW_TRACKING_URI when set (a server, say), else the local sqlite store."""
+    # A server proxying an S3 store offers clients presigned URLs into the store, which a
+    # client cannot reach when the store is not published (deploy/docker-compose.yml):
+    # artifacts come through the server, unless the user says otherwise.
+    os.environ.setdefault(MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD.name, "false")
     if not MLFLOW_TRACKING_URI.defined:
         # Explicit: a leftover ./mlruns file store would otherwise become MLflow's default.
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)

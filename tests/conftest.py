@@ -30,6 +30,7 @@ from bench.servers import free_port, free_port_block, model_server
 from tabular_mlops.stack import (
     ADMIN,
     ADMIN_PASSWORD_VARIABLE,
+    PROXIED_DOWNLOADS,
     SEAWEEDFS_PORTS,
     SERVICES,
     LocalStack,
@@ -198,6 +199,7 @@ class TeamStack:
             "MLFLOW_TRACKING_URI": self.tracking_uri,
             "MLFLOW_TRACKING_USERNAME": user,
             "MLFLOW_TRACKING_PASSWORD": self.passwords[user],
+            PROXIED_DOWNLOADS: "false",
         }
 
     def script(self, *arguments: str, extra_env: dict[str, str] | None = None):
