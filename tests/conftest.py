@@ -213,10 +213,10 @@ class TeamStack:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def team_stack() -> Iterator[TeamStack]:
     """`scripts/stack.sh up` in a new folder on free ports, with a trainer and a viewer
-    made by `scripts/stack.sh user`; `down` at the end of the session."""
+    made by `scripts/stack.sh user`; gone at the end of the module."""
     try:
         postgres_bin_dir()
     except StackError:
@@ -250,8 +250,7 @@ def team_stack() -> Iterator[TeamStack]:
                 assert done.returncode == 0, done.stderr[-3000:]
         yield TeamStack(environment, passwords, up_seconds)
     finally:
-        # `down` is tested (test_e2e_stack.py); here the stack just goes, at once (SeaweedFS
-        # takes 16 s to stop politely).
+        # `down` is tested (test_e2e_stack.py); here the stack just goes, at once.
         for service in SERVICES:
             if pid := stack.local.running_pid(service):
                 os.killpg(pid, signal.SIGKILL)

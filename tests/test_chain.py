@@ -326,6 +326,39 @@ def test_a_command_that_is_not_a_step_module_is_refused(stand_in_project: ChainC
         run_in_process(stand_in_project, lambda argv: 0, entry_point="elsewhere")
 
 
+# The launcher of every env manager but `local` (uv, virtualenv, conda): `mlflow run` of
+# the step as a child run. Here under `local`, on a project of two one-line steps; that uv
+# builds the project's environment is tests/test_e2e_train_basic.py's.
+LAUNCHED_PROJECT = """name: launched
+entry_points:
+  step:
+    parameters:
+      size: {type: float, default: ""}
+    command: python -c "import sys; sys.exit(0)"
+  failing:
+    command: python -c "import sys; sys.exit(3)"
+"""
+
+
+@pytest.mark.e2e
+def test_steps_of_other_env_managers_run_as_child_runs_of_mlflow_run(
+    context: ChainContext,
+) -> None:
+    project_dir = context.project_dir / "launched"
+    project_dir.mkdir()
+    (project_dir / "MLproject").write_text(LAUNCHED_PROJECT)
+    launched = dataclasses.replace(context, project_dir=project_dir)
+    assert chain.launcher_for("uv", {}) is chain.launch
+    with mlflow.start_run(experiment_id=context.experiment_id) as parent:
+        run_id = chain.launch(StepCall("step", {"size": 5}), launched)
+        with pytest.raises(StepFailedError, match="failing"):
+            chain.launch(StepCall("failing", {}), launched)
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"size": "5"}
+    assert run.data.tags[MLFLOW_PARENT_RUN_ID] == parent.info.run_id
+    assert run.data.tags[MLFLOW_PROJECT_ENTRY_POINT] == "step"
+
+
 def test_main_checks_its_cache_without_loading_the_training_libraries() -> None:
     # `main` imports every step to check its parameters; a fully cached rerun must not pay
     # for sklearn, LightGBM or Optuna (1.2 s of the 8 s it may take).

@@ -1,11 +1,10 @@
 """End to end on the team stack (scripts/stack.sh: PostgreSQL, SeaweedFS, `mlflow server`
-with basic auth): users and permissions; the whole chain as the trainer, with
-`--env-manager local` and at the same time under uv, with no secret leaked; the champion
+with basic auth): users and permissions; the whole chain as the trainer with
+`--env-manager local`, with no secret leaked; the champion
 served as the viewer; a study shared by two `track` workers; eight `train_basic` runs at
 once; `down` and `up` keeping the data. The tests run in file order on one stack (the
 session's `team_stack`)."""
 
-import copy
 import os
 import secrets
 import subprocess
@@ -13,7 +12,6 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -24,7 +22,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import (
     MLFLOW_PARENT_RUN_ID,
     MLFLOW_PROJECT_ENTRY_POINT,
-    MLFLOW_PROJECT_ENV,
 )
 
 from bench.stack import bucket_keys, scan_stack
@@ -51,8 +48,6 @@ from tests.conftest import (
 pytestmark = pytest.mark.e2e
 
 CLASSIFIER = "churn-classifier"  # config/churn.yaml's registered models
-# The chain under uv: its experiment and models (the trainer creates them: theirs to manage).
-UV_EXPERIMENT, UV_CLASSIFIER, UV_SERVICE = "main-under-uv", "uv-classifier", "uv-service"
 STEPS = ("train_basic", "track", "register", "custom_model")
 CONCURRENT_RUNS = 8
 DENIED = r"PERMISSION_DENIED|403|[Pp]ermission denied"  # how MLflow reports a 403
@@ -127,54 +122,26 @@ def test_anonymous_requests_get_401_everywhere_but_health(team_stack: TeamStack)
         assert status_of(f"{uri}{path}") == 401, path
 
 
-@dataclass(frozen=True)
-class Chains:
-    local: subprocess.CompletedProcess[str]  # --env-manager local, experiment churn
-    uv: subprocess.CompletedProcess[str]  # under uv, its own experiment and models
-
-
 @pytest.fixture(scope="module")
-def chains(
+def trainer_chain(
     team_stack: TeamStack, stack_project: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Chains:
-    """Two `mlflow run .` (main) as the trainer at the same time, as two people would:
-    with `--env-manager local`, the Optuna database's password in `tuning.storage` and the
-    trainer's in MLFLOW_TRACKING_PASSWORD; and under uv, in its own experiment and models."""
+) -> subprocess.CompletedProcess[str]:
+    """`mlflow run .` (main) as the trainer, with the Optuna database's password in
+    `tuning.storage` and the trainer's in MLFLOW_TRACKING_PASSWORD."""
     settings = yaml.safe_load(CHURN_CONFIG.read_text())
     optuna_password = team_stack.local.secrets[OPTUNA_DATABASE]
     storage = team_stack.local.settings.optuna_storage
-    local = copy.deepcopy(settings)
-    local["tuning"]["storage"] = storage.replace("optuna@", f"optuna:{optuna_password}@")
-    local_config = tmp_path_factory.mktemp("stack-config") / "team.yaml"
-    local_config.write_text(yaml.safe_dump(local))
-    settings["tracking"]["registered_model_name"] = UV_CLASSIFIER
-    settings["custom_model"]["registered_model_name"] = UV_SERVICE
-    # Untracked (the tree stays clean), in the project: uv's run copies nothing else.
-    (stack_project / "config" / "uv-chain.yaml").write_text(yaml.safe_dump(settings))
-    small = ("n_trials=2", "check_env_manager=none")
-    with ThreadPoolExecutor(2) as pool:
-        on_local = pool.submit(
-            stack_run, team_stack, stack_project, TRAINER, "main", f"config={local_config}", *small
-        )
-        on_uv = pool.submit(
-            stack_run,
-            team_stack,
-            stack_project,
-            TRAINER,
-            "main",
-            "config=config/uv-chain.yaml",
-            *small,
-            env_manager="uv",
-            experiment=UV_EXPERIMENT,
-        )
-        done = Chains(on_local.result(), on_uv.result())
-    assert done.local.returncode == 0, done.local.stderr[-5000:]
-    assert done.uv.returncode == 0, done.uv.stderr[-5000:]
-    return done
+    settings["tuning"]["storage"] = storage.replace("optuna@", f"optuna:{optuna_password}@")
+    config = tmp_path_factory.mktemp("stack-config") / "team.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    parameters = (f"config={config}", "n_trials=2", "check_env_manager=none")
+    chain = stack_run(team_stack, stack_project, TRAINER, "main", *parameters)
+    assert chain.returncode == 0, chain.stderr[-5000:]
+    return chain
 
 
 def test_the_chain_runs_as_the_trainer_with_artifacts_in_the_bucket(
-    chains: Chains,
+    trainer_chain: subprocess.CompletedProcess[str],
     team_stack: TeamStack,
     stack_project: Path,
     as_user,
@@ -199,34 +166,15 @@ def test_the_chain_runs_as_the_trainer_with_artifacts_in_the_bucket(
     assert left == []
 
 
-def test_the_chain_under_uv_ran_every_step_in_uv_at_the_same_time(chains: Chains, as_user) -> None:
-    client = as_user(TRAINER)
-    experiment = client.get_experiment_by_name(UV_EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id])
-    (main,) = [run for run in runs if run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT) == "main"]
-    children = [run for run in runs if run.data.tags.get(MLFLOW_PARENT_RUN_ID) == main.info.run_id]
-    assert {run.data.tags.get(MLFLOW_PROJECT_ENTRY_POINT) for run in children} == set(STEPS)
-    # main ran under uv, and so did every step it launched.
-    assert {run.data.tags[MLFLOW_PROJECT_ENV] for run in (main, *children)} == {"uv"}
-    assert "--env-manager uv -p 5001" in chains.uv.stdout
-    # Both champions load back over HTTP and agree.
-    pipeline = mlflow.sklearn.load_model(f"models:/{UV_CLASSIFIER}@champion")
-    service = mlflow.pyfunc.load_model(f"models:/{UV_SERVICE}@champion")
-    rows = churn_frame().drop(columns=["customer_id", "churn"]).head(3)
-    rows = rows.astype({column: "float64" for column in rows.select_dtypes("number")})
-    answer = service.predict(rows)
-    assert answer["probability"] == pytest.approx(pipeline.predict_proba(rows)[:, 1])
-
-
 def test_no_secret_in_params_tags_artifacts_or_output(
-    chains: Chains, team_stack: TeamStack, as_user
+    trainer_chain: subprocess.CompletedProcess[str], team_stack: TeamStack, as_user
 ) -> None:
     secrets = {
         "optuna database password": team_stack.local.secrets[OPTUNA_DATABASE],
         "trainer password": team_stack.passwords[TRAINER],
         "admin password": team_stack.passwords[ADMIN],
     }
-    output = "".join(run.stdout + run.stderr for run in (chains.local, chains.uv))
+    output = trainer_chain.stdout + trainer_chain.stderr
     admin = as_user(ADMIN)
     texts, objects, found = scan_stack(team_stack.local, admin, secrets, output)
     print(f"leak scan: {len(texts)} texts, {len(objects)} bucket objects, {len(found)} hits")
@@ -242,7 +190,7 @@ def test_no_secret_in_params_tags_artifacts_or_output(
 
 
 def test_the_viewer_serves_the_champion_but_cannot_write(
-    chains: Chains,
+    trainer_chain: subprocess.CompletedProcess[str],
     team_stack: TeamStack,
     stack_project: Path,
     tmp_path: Path,
@@ -291,7 +239,7 @@ def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
     # The password by libpq's PGPASSWORD, not in the URL: `mlflow run` logs every -P value.
     storage = team_stack.local.settings.optuna_storage
     password = team_stack.local.secrets[OPTUNA_DATABASE]
-    parameters = ("n_trials=3", "cv_folds=2", f"storage={storage}", "study_name=shared-on-stack")
+    parameters = ("n_trials=2", "cv_folds=2", f"storage={storage}", "study_name=shared-on-stack")
     with ThreadPoolExecutor(2) as pool:
         workers = [
             pool.submit(
@@ -310,7 +258,7 @@ def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
     with_password = storage.replace("optuna@", f"optuna:{password}@")
     study = optuna.load_study(study_name="shared-on-stack", storage=with_password)
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    assert sorted(trial.number for trial in study.get_trials(states=ended)) == list(range(6))
+    assert sorted(trial.number for trial in study.get_trials(states=ended)) == list(range(4))
     as_user(TRAINER)
     trials = mlflow.search_runs(
         experiment_names=[E2E_EXPERIMENT],
@@ -322,9 +270,9 @@ def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
         by_parent.setdefault(trial.data.tags[MLFLOW_PARENT_RUN_ID], set()).add(
             int(trial.data.tags[TRIAL_TAG])
         )
-    assert len(by_parent) == 2 and all(len(numbers) == 3 for numbers in by_parent.values())
+    assert len(by_parent) == 2 and all(len(numbers) == 2 for numbers in by_parent.values())
     first, second = by_parent.values()
-    assert first.isdisjoint(second) and first | second == set(range(6))
+    assert first.isdisjoint(second) and first | second == set(range(4))
 
 
 def test_eight_train_basic_runs_at_once_all_register(

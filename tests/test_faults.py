@@ -39,7 +39,7 @@ pytestmark = pytest.mark.e2e
 PIPELINES, SERVICE = "churn-classifier", "churn-service"
 CHAMPION, PREVIOUS = "champion", "previous-champion"
 CHAIN = ("n_trials=2", "check_env_manager=none")
-ROUNDS = 10
+ROUNDS = 5
 KILLED = -9  # the return code of a process ended by SIGKILL
 
 
