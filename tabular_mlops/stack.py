@@ -147,9 +147,8 @@ class ServiceState:
     ports: tuple[int, ...]
 
     def line(self) -> str:
-        where = ", ".join(f"{LOOPBACK}:{port}" for port in self.ports[:1])
         state = f"running (pid {self.pid})" if self.pid else "stopped"
-        return f"{self.service.name:<10} {state:<22} {where}"
+        return f"{self.service.name:<10} {state:<22} {LOOPBACK}:{self.ports[0]}"
 
 
 class LocalStack:
@@ -332,14 +331,18 @@ class LocalStack:
         }
         self._spawn(TRACKING_SERVER, command, env=env)
 
-    def _server_environment(self) -> dict[str, str]:
-        """What the tracking server (and only it) holds: database and object-store access."""
-        inherited = {
+    def _inherited_environment(self) -> dict[str, str]:
+        """The caller's environment without credentials of theirs (a user's MLflow login,
+        cloud keys, a PostgreSQL password): what every service starts from."""
+        return {
             key: value
             for key, value in self.environ.items()
             if not key.startswith(("MLFLOW_TRACKING_", "AWS_", "PG"))
         }
-        return inherited | {
+
+    def _server_environment(self) -> dict[str, str]:
+        """What the tracking server (and only it) holds: database and object-store access."""
+        return self._inherited_environment() | {
             "PGPASSWORD": self.secrets["postgres"],
             "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_endpoint,
             "AWS_ACCESS_KEY_ID": self.secrets["s3_access_key"],
@@ -363,7 +366,7 @@ class LocalStack:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env or self._server_environment(),
+                env=env or self._inherited_environment(),
                 user=user,
                 start_new_session=True,  # its own group: `down` stops it with its children
             )
