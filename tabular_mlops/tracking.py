@@ -6,7 +6,7 @@ import re
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -93,7 +93,7 @@ def project_run(
         mlflow.set_experiment(config.tracking.experiment_name)
         run = mlflow.start_run(run_name=entry_point)
     logger.info("run %s in %s", run.info.run_id, redact(tracking_uri))
-    mask_source_tags(run.info.run_id)
+    mask_source_tags(run.info.run_id, run.data.tags)
     describe_experiment(run.info.experiment_id, config.tracking)
     with run, interrupts.run_ends_killed(run.info.run_id):
         tags = {Tag.ENTRY_POINT: entry_point, Tag.PROCESS: stale_runs.this_process(), **git_tags()}
@@ -111,10 +111,9 @@ def project_run(
 SOURCE_TAGS = (MLFLOW_SOURCE_NAME, MLFLOW_GIT_REPO_URL)
 
 
-def mask_source_tags(run_id: str) -> None:
-    """Replace credentials in the source tags MLflow set on `run_id` by `***` (a tag, unlike
-    a param, can be overwritten)."""
-    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+def mask_source_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Replace credentials in the source tags MLflow set on `run_id` (its `tags`) by `***`
+    (a tag, unlike a param, can be overwritten)."""
     for name in SOURCE_TAGS:
         if name in tags and (masked := redact(tags[name])) != tags[name]:
             mlflow.MlflowClient().set_tag(run_id, name, masked)
