@@ -1,5 +1,6 @@
 """The project's one config: a YAML file validated with pydantic, overridable per run."""
 
+import codecs
 import copy
 import itertools
 import re
@@ -61,17 +62,40 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Label = str | int | float | bool
+
+
 class DataConfig(_Section):
+    # A CSV or Parquet file, or a folder of Parquet files (hive-partitioned too).
     path: Path
+    sep: str | None = Field(None, min_length=1)  # CSV separator; None: inferred (, ; tab |)
+    encoding: str = "utf-8"  # of a CSV file; latin-1 or cp1252 for many older exports
     target: str = Field(min_length=1)
     # Value of `target` that counts as the positive class; may be omitted for 0/1 or bool targets.
-    positive_label: str | int | float | bool | None = None
+    positive_label: Label | None = None
+    # Or several values (a multi-class target): these are positive, all others negative.
+    positive_labels: list[Label] | None = Field(None, min_length=1)
     id_columns: list[str] = []
     # None: inferred from the table's dtypes (numbers are numeric, the rest categorical).
     numeric_features: list[str] | None = None
     categorical_features: list[str] | None = None
     min_rows: int = Field(100, ge=10)
     min_rows_per_class: int = Field(10, ge=2)
+
+    @field_validator("encoding")
+    @classmethod
+    def _encoding_is_known(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}") from None
+        return encoding
+
+    @model_validator(mode="after")
+    def _one_way_to_name_positives(self) -> "DataConfig":
+        if self.positive_label is not None and self.positive_labels is not None:
+            raise ValueError("set data.positive_label or data.positive_labels, not both")
+        return self
 
     @model_validator(mode="after")
     def _columns_have_one_role(self) -> "DataConfig":

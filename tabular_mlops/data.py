@@ -1,5 +1,6 @@
 """Read a CSV/Parquet table, check it can train a binary classifier, and split it."""
 
+import csv
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
@@ -15,11 +16,12 @@ from tabular_mlops.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-READERS: dict[str, Callable[[Path], pd.DataFrame]] = {
-    ".csv": pd.read_csv,
-    ".parquet": pd.read_parquet,
-    ".pq": pd.read_parquet,
-}
+CSV_SUFFIXES = (".csv", ".txt", ".tsv")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# Separators tried, in this order, when data.sep is not set.
+CSV_SEPARATORS = (",", ";", "\t", "|")
+# Lines of a CSV file its separator is inferred from.
+_SNIFFED_LINES = 50
 
 # Tables kept by load_table: the training table and a holdout.
 _TABLES_KEPT = 2
@@ -84,39 +86,98 @@ class Split:
 def load_table(config: DataConfig) -> LabeledTable:
     """Read the configured file and validate it; every problem is a one-line DataError.
 
-    A table this process read and checked before with the same settings, its file
+    A table this process read and checked before with the same settings, its files
     unchanged since (path, size, modification time), is reused: `main` and the steps it
     runs in its own process read and check it once. Do not modify what it returns.
     """
     try:
-        stat = config.path.stat()
+        files = sorted(config.path.rglob("*")) if config.path.is_dir() else [config.path]
+        stats = [(str(file), file.stat().st_mtime_ns, file.stat().st_size) for file in files]
     except OSError:
-        return prepare(read_table(config.path), config)  # read_table says what is wrong
-    return _load_unchanged(
-        str(config.path.resolve()), stat.st_mtime_ns, stat.st_size, config.model_dump_json()
-    )
+        return prepare(_read_configured(config), config)  # read_table says what is wrong
+    return _load_unchanged(str(config.path.resolve()), tuple(stats), config.model_dump_json())
 
 
 @lru_cache(maxsize=_TABLES_KEPT)
-def _load_unchanged(path: str, mtime_ns: int, size: int, config_json: str) -> LabeledTable:
+def _load_unchanged(
+    path: str, files: tuple[tuple[str, int, int], ...], config_json: str
+) -> LabeledTable:
     config = DataConfig.model_validate_json(config_json)
-    return prepare(read_table(config.path), config)
+    return prepare(_read_configured(config), config)
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
+def _read_configured(config: DataConfig) -> pd.DataFrame:
+    return read_table(config.path, config.sep, config.encoding)
+
+
+def read_table(path: Path, sep: str | None = None, encoding: str = "utf-8") -> pd.DataFrame:
+    """A CSV file (`sep` None: inferred), a Parquet file, or a folder of Parquet files
+    (hive-partitioned too: `year=2024/part-0.parquet` gives a `year` column)."""
+    if path.is_dir():
+        if not any(path.rglob("*.parquet")) and not any(path.rglob("*.pq")):
+            raise DataError(f"data folder {path} holds no .parquet files")
+        return _read(path, pd.read_parquet)
+    suffix = path.suffix.lower()
+    if suffix not in CSV_SUFFIXES + PARQUET_SUFFIXES:
         raise DataError(
-            f"unsupported data file type {path.suffix or '(none)'!r} for {path}: "
-            f"use one of {', '.join(READERS)}"
+            f"unsupported data file type {path.suffix or '(none)'!r} for {path}: use one of "
+            f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}, or a folder of Parquet files"
         )
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
+    if suffix in PARQUET_SUFFIXES:
+        return _read(path, pd.read_parquet)
+    sep = sep or infer_separator(path, encoding)
+    frame = _read(path, lambda source: pd.read_csv(source, sep=sep, encoding=encoding))
+    _check_header(frame, path, sep)
+    return frame
+
+
+def infer_separator(path: Path, encoding: str = "utf-8") -> str:
+    """The one of CSV_SEPARATORS that splits the first lines of `path` into the same
+    number of fields, the most of them; `,` when none does."""
+    try:
+        with path.open(encoding=encoding, newline="") as file:
+            lines = [line for _, line in zip(range(_SNIFFED_LINES), file, strict=False)]
+    except UnicodeDecodeError as error:
+        raise DataError(_not_text(path, encoding, error)) from None
+    best, best_width = ",", 1
+    for candidate in CSV_SEPARATORS:
+        widths = {len(row) for row in csv.reader(lines, delimiter=candidate) if row}
+        if len(widths) == 1 and (width := widths.pop()) > best_width:
+            best, best_width = candidate, width
+    return best
+
+
+def _read(path: Path, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
     try:
         return reader(path)
+    except UnicodeDecodeError as error:
+        raise DataError(_not_text(path, "utf-8", error)) from None
     except Exception as error:  # any parser failure means the same thing to the user
         reason = " ".join(str(error).split()) or type(error).__name__
         raise DataError(f"cannot read data file {path}: {reason}") from None
+
+
+def _not_text(path: Path, encoding: str, error: UnicodeDecodeError) -> str:
+    return (
+        f"data file {path} is not {error.encoding or encoding} text (byte {error.start}): "
+        "set data.encoding (latin-1 and cp1252 are common for older exports)"
+    )
+
+
+def _check_header(frame: pd.DataFrame, path: Path, sep: str) -> None:
+    """A one-column table whose header holds another separator was split wrong."""
+    if len(frame.columns) != 1:
+        return
+    header = str(frame.columns[0])
+    if others := [
+        candidate for candidate in CSV_SEPARATORS if candidate != sep and candidate in header
+    ]:
+        raise DataError(
+            f"{path} was read as one column named {header[:60]!r}: it looks "
+            f"{others[0]!r}-separated; set data.sep: {others[0]!r}"
+        )
 
 
 def prepare(frame: pd.DataFrame, config: DataConfig) -> LabeledTable:
@@ -143,8 +204,13 @@ def prepare(frame: pd.DataFrame, config: DataConfig) -> LabeledTable:
         logger.warning("dropping %d rows with no %r value", unlabeled.sum(), config.target)
         frame = frame.loc[~unlabeled]
 
-    positive_label = _positive_label(frame[config.target], config)
-    target = (frame[config.target] == positive_label).astype("int64").rename(config.target)
+    if config.positive_labels is not None:
+        positive_label = _positive_labels(frame[config.target], config)
+        positive = frame[config.target].isin(positive_label)
+    else:
+        positive_label = _positive_label(frame[config.target], config)
+        positive = frame[config.target] == positive_label
+    target = positive.astype("int64").rename(config.target)
     _check_size(target, positive_label, config)
 
     spec = _feature_spec(frame, config)
@@ -220,7 +286,8 @@ def _positive_label(target: pd.Series, config: DataConfig) -> Any:
     if len(classes) > 2:
         raise DataError(
             f"target {config.target!r} in {config.path} has {len(classes)} classes "
-            f"({_preview(classes)}): this project trains binary classifiers"
+            f"({_preview(classes)}): this project trains binary classifiers; set "
+            "data.positive_labels: [...] to the values that count as positive (one-vs-rest)"
         )
     label = config.positive_label
     if label is None:
@@ -230,12 +297,39 @@ def _positive_label(target: pd.Series, config: DataConfig) -> Any:
             f"set data.positive_label: target {config.target!r} holds {_preview(classes)}"
         )
     for value in classes:
-        if value == label or str(value) == str(label) or _same_number(value, label):
+        if _same_label(value, label):
             return value
     raise DataError(
         f"data.positive_label {label!r} is not a value of target {config.target!r} "
         f"({_preview(classes)})"
     )
+
+
+def _positive_labels(target: pd.Series, config: DataConfig) -> list[Any]:
+    """The target's values named by data.positive_labels (one-vs-rest); each must occur."""
+    classes = sorted(target.unique().tolist(), key=str)
+    found, missing = [], []
+    for label in config.positive_labels or []:
+        matches = [value for value in classes if _same_label(value, label)]
+        if matches:
+            found += matches
+        else:
+            missing.append(label)
+    if missing:
+        raise DataError(
+            f"data.positive_labels {', '.join(map(repr, missing))} not values of target "
+            f"{config.target!r} ({_preview(classes)})"
+        )
+    if len(set(found)) == len(classes):
+        raise DataError(
+            f"data.positive_labels name every class of target {config.target!r}: "
+            "nothing is left for the negative class"
+        )
+    return found
+
+
+def _same_label(value: Any, label: Any) -> bool:
+    return value == label or str(value) == str(label) or _same_number(value, label)
 
 
 def _same_number(value: Any, label: Any) -> bool:

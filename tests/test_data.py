@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tabular_mlops.config import DataConfig, SplitConfig
-from tabular_mlops.data import load_table, prepare, split
+from tabular_mlops.data import infer_separator, load_table, prepare, split
 from tabular_mlops.errors import DataError
 from tests.conftest import CHURN_CSV, churn_frame, churn_settings, mixed_table
 
@@ -150,6 +150,88 @@ def test_more_than_two_classes() -> None:
     frame = churn_frame()
     frame.loc[:10, "churn"] = "Maybe"
     expect_data_error(churn_data_config(), frame, "has 3 classes")
+
+
+def test_more_than_two_classes_names_the_one_vs_rest_setting() -> None:
+    frame = churn_frame()
+    frame.loc[:10, "churn"] = "Maybe"
+    expect_data_error(churn_data_config(), frame, r"set data\.positive_labels: .*\(one-vs-rest\)")
+
+
+def test_one_vs_rest_positive_labels() -> None:
+    frame = churn_frame()
+    frame.loc[:99, "churn"] = "Maybe"
+    table = prepare(frame, churn_data_config(positive_label=None, positive_labels=["Yes", "Maybe"]))
+    assert table.target.tolist() == frame["churn"].isin(["Yes", "Maybe"]).astype(int).tolist()
+    assert table.positive_label == ["Yes", "Maybe"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (["Yes", "Perhaps"], "positive_labels 'Perhaps' not values of target"),
+        (["Yes", "No"], "name every class .* nothing is left"),
+    ],
+)
+def test_positive_labels_refused(labels: list[str], message: str) -> None:
+    config = churn_data_config(positive_label=None, positive_labels=labels)
+    expect_data_error(config, churn_frame(), message)
+
+
+def test_positive_label_and_labels_together_are_a_config_error() -> None:
+    with pytest.raises(ValueError, match=r"positive_label or data\.positive_labels, not both"):
+        churn_data_config(positive_labels=["Yes"])
+
+
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
+def test_csv_separator_is_inferred(tmp_path: Path, sep: str) -> None:
+    path = tmp_path / "table.csv"
+    frame = mixed_table()
+    frame.to_csv(path, sep=sep, index=False)
+    assert infer_separator(path) == sep
+    table = load_table(DataConfig(path=path, target="label", id_columns=["id"]))
+    assert table.target.tolist() == frame["label"].tolist()
+    assert table.spec.categorical == ("plan", "region")
+
+
+def test_a_wrong_separator_names_the_likely_one(tmp_path: Path) -> None:
+    path = tmp_path / "semicolons.csv"
+    mixed_table().to_csv(path, sep=";", index=False)
+    config = DataConfig(path=path, target="label", sep=",")
+    expect_data_error(config, None, "read as one column named 'id;age.*set data.sep: ';'")
+
+
+def test_encoding(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    mixed_table().assign(plan="Málaga").to_csv(path, index=False, encoding="latin-1")
+    expect_data_error(
+        DataConfig(path=path, target="label"), None, "not utf-8 text .*set data.encoding"
+    )
+    table = load_table(DataConfig(path=path, target="label", encoding="latin-1"))
+    assert set(table.features["plan"]) == {"Málaga"}
+    with pytest.raises(ValueError, match="unknown encoding 'latin-9x'"):
+        DataConfig(path=path, target="label", encoding="latin-9x")
+
+
+def test_parquet_folders_plain_and_hive_partitioned(tmp_path: Path) -> None:
+    frame = mixed_table()
+    plain = tmp_path / "parts.parquet"  # a folder named like a file, as Spark writes them
+    plain.mkdir()
+    frame.iloc[:100].to_parquet(plain / "part-0.parquet")
+    frame.iloc[100:].to_parquet(plain / "part-1.parquet")
+    table = load_table(DataConfig(path=plain, target="label", id_columns=["id"]))
+    assert sorted(table.ids["id"]) == sorted(frame["id"])
+
+    hive = tmp_path / "hive"
+    frame.assign(year=[2023, 2024] * 100).to_parquet(hive, partition_cols=["year"])
+    table = load_table(DataConfig(path=hive, target="label", id_columns=["id"]))
+    assert "year" in table.spec.categorical
+    assert set(table.features["year"]) == {"2023", "2024"}
+
+
+def test_a_folder_without_parquet_files(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    expect_data_error(DataConfig(path=tmp_path, target="label"), None, "holds no .parquet files")
 
 
 def test_positive_label_not_in_target() -> None:
