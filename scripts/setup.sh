@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or updates) .venv with the project, its dependencies and its dev tools.
-# Idempotent: does nothing when pyproject.toml has not changed since the last install.
+# Idempotent: does nothing when pyproject.toml and requirements.lock have not changed
+# since the last install.
 # Needs Python 3.11; set PYTHON=/path/to/python3.11 if it is not on PATH as python3.11.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,12 +13,15 @@ if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(sys.version_info[:2]
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
-digest=$("$python" -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest()[:16])')
+# requirements.lock pins every package, transitive ones too; after changing pyproject.toml:
+#   uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 -o requirements.lock
+digest=$(cat pyproject.toml requirements.lock | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
 stamp=".venv/.installed-$digest"
 if [ ! -e "$stamp" ]; then
     echo "setup: installing the project into .venv (first time: about a minute)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    .venv/bin/python -m pip install --quiet -r requirements.lock
+    .venv/bin/python -m pip install --quiet --no-deps -e .
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
