@@ -69,7 +69,7 @@ def batch_score(config: ProjectConfig) -> BatchScoreResult:
     custom = config.require_custom_model()
     uri = settings.model_uri or registry.alias_uri(custom.registered_model_name, custom.alias)
     threads = config.compute.resolved_threads()
-    with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
+    with tracking.project_run(config, ENTRY_POINT, None, __doc__) as run:
         tracking.log_config(config)
         model = scoring.resolve_model(uri)
         mlflow.set_tag(Tag.SCORED_WITH, model.uri)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from tabular_mlops import data, interrupts, packaging, registry, tracking
+from tabular_mlops import data, descriptions, interrupts, packaging, registry, tracking
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -72,7 +72,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
     custom = config.require_custom_model()
     name = custom.registered_model_name
     with (
-        tracking.project_run(config, ENTRY_POINT, tracking.WRAPPER_MODEL_TYPE) as run,
+        tracking.project_run(config, ENTRY_POINT, tracking.WRAPPER_MODEL_TYPE, __doc__) as run,
         tempfile.TemporaryDirectory(prefix="custom-model-") as scratch,
     ):
         tracking.log_config(config)
@@ -114,7 +114,9 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
         )
         mlflow.set_tag(Tag.MODEL_URI, info.model_uri)
 
-        version = registry.register_run_model(run.info.run_id, info.model_uri, name)
+        version = registry.register_run_model(
+            run.info.run_id, info.model_uri, name, descriptions.service_model(config)
+        )
         model_dir = Path(
             mlflow.artifacts.download_artifacts(version.uri, dst_path=f"{scratch}/registered")
         )

@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_chain(config: ProjectConfig, args: argparse.Namespace) -> MainResult:
     promotion, custom = config.require_promotion(), config.require_custom_model()
     config.require_tuning()
-    with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
+    with tracking.project_run(config, ENTRY_POINT, None, __doc__) as run:
         tracking.log_config(config)
         table = data.load_table(config.data)  # bad data fails here, before any step
         context = chain.ChainContext(

@@ -80,7 +80,7 @@ def register(
         return _stale_runs(config, reap=action == "reap")
     config.require_promotion()  # before any run: a config without it is a user error
     name = config.tracking.registered_model_name
-    with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
+    with tracking.project_run(config, ENTRY_POINT, None, __doc__) as run:
         tracking.log_config(config)
         registry.complete_interrupted_moves(name)  # first, whatever the action
         decision = None
@@ -104,7 +104,7 @@ def register(
 
 
 def _stale_runs(config: ProjectConfig, reap: bool) -> RegisterResult:
-    with tracking.project_run(config, ENTRY_POINT, model_type=None) as run:
+    with tracking.project_run(config, ENTRY_POINT, None, __doc__) as run:
         tracking.log_config(config)
         experiments = {run.info.experiment_id}
         if named := mlflow.get_experiment_by_name(config.tracking.experiment_name):

@@ -7,6 +7,7 @@ from typing import Any
 
 from tabular_mlops import data, interrupts, tracking
 from tabular_mlops.cli import (
+    boolean,
     config_parser,
     configure_logging,
     number,
@@ -28,6 +29,7 @@ OVERRIDES = {
     "cv_folds": "tuning.cv_folds",
     "storage": "tuning.storage",
     "study_name": "tuning.study_name",
+    "autolog": "tracking.autolog",
 }
 
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cv-folds", type=unset_or(whole_number))
     parser.add_argument("--storage", type=unset_or(str))
     parser.add_argument("--study-name", type=unset_or(str))
+    parser.add_argument("--autolog", type=unset_or(boolean))
     return parser
 
 
@@ -64,7 +67,7 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
 
     config.require_tuning()  # before any run: a config without it is a user error
     baseline = tracking.finished_run(baseline_run_id) if baseline_run_id else None
-    with tracking.project_run(config, ENTRY_POINT) as run:
+    with tracking.project_run(config, ENTRY_POINT, summary=__doc__) as run:
         tracking.log_config(config)
         table = data.load_table(config.data)
         tracking.log_dataset(table)
@@ -80,9 +83,10 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
         )
         threads = config.compute.resolved_threads()
         pipeline = build_pipeline(table.spec, best_model, config.split.seed, threads)
-        curves = fit_with_learning_curve(
-            pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test
-        )
+        with tracking.autologged(config.tracking.autolog):
+            curves = fit_with_learning_curve(
+                pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test
+            )
         tracking.log_stepped_metrics(curves, prefix="learning_curve_test")
         model_info = tracking.log_pipeline(pipeline, parts.X_train, config.tracking)
         metrics = evaluation.log_test_evaluation(

@@ -4,8 +4,9 @@ import argparse
 import logging
 from dataclasses import dataclass
 
-from tabular_mlops import data, interrupts, registry, tracking
+from tabular_mlops import chain, data, descriptions, interrupts, registry, tracking
 from tabular_mlops.cli import (
+    boolean,
     config_parser,
     configure_logging,
     number,
@@ -30,6 +31,7 @@ OVERRIDES = {
     "num_leaves": "model.num_leaves",
     "registered_model_name": "tracking.registered_model_name",
     "alias": "tracking.alias",
+    "autolog": "tracking.autolog",
 }
 
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-leaves", type=unset_or(whole_number))
     parser.add_argument("--registered-model-name", type=text)
     parser.add_argument("--alias", type=text)
+    parser.add_argument("--autolog", type=unset_or(boolean))
     return parser
 
 
@@ -67,7 +70,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
     from tabular_mlops import evaluation
     from tabular_mlops.pipeline import build_pipeline
 
-    with tracking.project_run(config, ENTRY_POINT) as run:
+    with tracking.project_run(config, ENTRY_POINT, summary=__doc__) as run:
         tracking.log_config(config)
         table = data.load_table(config.data)
         tracking.log_dataset(table)
@@ -76,7 +79,8 @@ def train_basic(config: ProjectConfig) -> TrainResult:
 
         threads = config.compute.resolved_threads()
         pipeline = build_pipeline(table.spec, config.model, config.split.seed, threads)
-        pipeline.fit(parts.X_train, parts.y_train)
+        with tracking.autologged(config.tracking.autolog):
+            pipeline.fit(parts.X_train, parts.y_train)
         model_info = tracking.log_pipeline(pipeline, parts.X_train, config.tracking)
 
         metrics = evaluation.log_test_evaluation(
@@ -84,8 +88,20 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         )
 
         name, alias = config.tracking.registered_model_name, config.tracking.alias
-        version = registry.register_run_model(run.info.run_id, model_info.model_uri, name)
+        described = descriptions.pipeline_model(config, table.spec.numeric, table.spec.categorical)
+        version = registry.register_run_model(
+            run.info.run_id, model_info.model_uri, name, described
+        )
         registry.move_alias(name, alias, version.version)
+        # Run alone (scripts/train.sh), keyed as `main` would run it: `main` then reuses it.
+        given = {
+            name: config.overrides[key]
+            for name, key in OVERRIDES.items()
+            if key in config.overrides
+        }
+        chain.key_run_alone(
+            ENTRY_POINT, {"config": config.source} | given, config.source, table.digest
+        )
         rows = config.tracking.prediction_sample_rows
         evaluation.log_sample_predictions(
             registry.alias_uri(name, alias),

@@ -257,6 +257,31 @@ def run_step(
     return StepRun(call.entry_point, client.get_run(run_id), reused=False, seconds=seconds)
 
 
+def key_run_alone(
+    entry_point: str, parameters: Mapping[str, Any], config_path: Path, dataset_digest: str
+) -> None:
+    """Give the active run, a step with no upstream step (train_basic) run on its own, the
+    cache key `main` would give it, so that a later `main` with the same inputs reuses it
+    instead of registering an identical version. Not for a run `main` started (it keys
+    its own), nor on uncommitted code."""
+    run = mlflow.active_run()
+    if run is None or MLFLOW_PARENT_RUN_ID in run.data.tags:
+        return
+    git = tracking.git_tags(Path.cwd())
+    if not git or git[Tag.GIT_DIRTY] == "true":
+        return
+    context = ChainContext(
+        project_dir=Path.cwd(),
+        experiment_id=run.info.experiment_id,
+        env_manager=LOCAL_ENV_MANAGER,  # not part of the key
+        git_commit=git[Tag.GIT_COMMIT],
+        config_sha256=file_sha256(config_path),
+        dataset_digest=dataset_digest,
+    )
+    if key := cache_key(StepCall(entry_point, parameters), context):
+        mlflow.set_tag(Tag.CACHE_KEY, key)
+
+
 def env_manager_of(run: Run) -> str:
     """The environment manager `mlflow run` started `run` with: MLflow tags the run with
     it for uv, virtualenv and conda, and not at all for local."""

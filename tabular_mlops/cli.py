@@ -3,6 +3,7 @@
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,14 +26,26 @@ T = TypeVar("T")
 class ArgumentParser(argparse.ArgumentParser):
     """Reports a bad parameter in one line (no usage dump) and exits 2.
 
-    Abbreviations are refused: MLflow appends an unknown `-P n_tri=5` as `--n_tri 5`,
-    which must be an error, not a silent `--n-trials`.
+    Abbreviations are refused: MLflow appends `-P n_tri=5` as `--n_tri 5`, which must be
+    an error, not a silent `--n_trials`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        """`--n-estimators` is also `--n_estimators`: how MLflow passes a parameter that
+        MLproject does not declare (`-P n_estimators=5`)."""
+        aliases = ["--" + name[2:].replace("-", "_") for name in names if name.startswith("--")]
+        return super().add_argument(*names, *(a for a in aliases if a not in names), **kwargs)
+
     def error(self, message: str) -> NoReturn:
+        # "argument --n-estimators/--n_estimators: ..." -> "parameter n_estimators: ..."
+        message = re.sub(
+            r"argument --([\w-]+)(?:/--[\w-]+)?:",
+            lambda match: f"parameter {match.group(1).replace('-', '_')}:",
+            message,
+        )
         line = f"{self.prog}: error: {message}"
         record_failure(line)
         self.exit(2, line + "\n")

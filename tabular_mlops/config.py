@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -223,6 +224,9 @@ class TrackingConfig(_Section):
     # Moved to every version `train_basic` registers.
     alias: Alias = "latest-model"
     prediction_sample_rows: int = Field(20, ge=1)
+    # MLflow's scikit-learn/LightGBM autologging of the model's fit, beside the explicit
+    # logging (see tracking.autologged).
+    autolog: bool = False
     # A RUNNING run whose process cannot be checked from here (another host, none
     # recorded) is taken for stale after this long (`register -P action=stale|reap`).
     stale_after_hours: float = Field(24.0, gt=0)
@@ -374,6 +378,18 @@ class ProjectConfig(_Section):
     compute: ComputeConfig = ComputeConfig()
     trust: TrustConfig = TrustConfig()
     batch: BatchConfig = BatchConfig()
+    # Where the settings came from: the file, and the settings parameters replaced
+    # (dotted key -> value); set by load_config, shown in run names and descriptions.
+    _source: Path = PrivateAttr(DEFAULT_CONFIG_PATH)
+    _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def source(self) -> Path:
+        return self._source
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        return dict(self._overrides)
 
     @model_validator(mode="after")
     def _aliases_are_distinct(self) -> "ProjectConfig":
@@ -454,9 +470,14 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
             except TypeError as error:
                 raise ConfigError(f"invalid config {path}: {error}") from None
     try:
-        return ProjectConfig.model_validate(raw)
+        config = ProjectConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"invalid config {path}: {_one_line(error)}") from None
+    config._source = path
+    config._overrides = {
+        key: value for key, value in (overrides or {}).items() if value is not None
+    }
+    return config
 
 
 def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:

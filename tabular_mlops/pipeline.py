@@ -10,6 +10,7 @@ from importlib.metadata import version
 import numpy as np
 import pandas as pd
 from lightgbm import LGBMClassifier
+from mlflow.utils.autologging_utils import disable_autologging
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
@@ -113,8 +114,10 @@ def fit_with_learning_curve(
     plain `fit` gives.
     """
     # LightGBM needs the validation rows encoded; the preprocessing fit is deterministic,
-    # so fitting it apart gives the encoding the pipeline will use.
-    preprocess = clone(pipeline[:-1]).fit(X_train, y_train)
+    # so fitting it apart gives the encoding the pipeline will use. A helper fit: never
+    # autologged (tracking.autolog logs the pipeline's fit, below).
+    with disable_autologging():
+        preprocess = clone(pipeline[:-1]).fit(X_train, y_train)
     pipeline.fit(
         X_train,
         y_train,

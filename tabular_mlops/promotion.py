@@ -17,7 +17,15 @@ from mlflow.entities import Run
 from mlflow.models import EvaluationResult, MetricThreshold
 from mlflow.models.evaluation.validation import ModelValidationFailedException
 
-from tabular_mlops import data, evaluation, interrupts, registry, stale_runs, tracking
+from tabular_mlops import (
+    data,
+    descriptions,
+    evaluation,
+    interrupts,
+    registry,
+    stale_runs,
+    tracking,
+)
 from tabular_mlops.config import ProjectConfig, PromotionConfig
 from tabular_mlops.errors import PromotionError
 from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
@@ -113,7 +121,9 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
         },
     )
     decision.champion_version = decision.aliases_before.get(promotion.champion_alias)
-    _review(decision, candidate, promotion, holdout, trained_on, dry_run)
+    spec = training.spec
+    described = descriptions.pipeline_model(config, spec.numeric, spec.categorical)
+    _review(decision, candidate, promotion, holdout, trained_on, dry_run, described)
     decision.aliases_after = registry.aliases(name)
     return decision
 
@@ -125,6 +135,7 @@ def _review(
     holdout: data.Holdout,
     trained_on: dict[str, str],
     dry_run: bool,
+    model_description: str,
 ) -> None:
     name, champion = decision.registered_model, decision.champion_version
     existing = registry.find_version(name, candidate.run_id, candidate.model_uri)
@@ -138,7 +149,9 @@ def _review(
         version = int(existing.version) if existing is not None else None
         review_uri = registry.version_uri(name, version) if version else candidate.model_uri
     else:
-        registered = registry.register_run_model(candidate.run_id, candidate.model_uri, name)
+        registered = registry.register_run_model(
+            candidate.run_id, candidate.model_uri, name, model_description
+        )
         version, review_uri = registered.version, registered.uri
     decision.candidate_version = version
 

@@ -112,14 +112,19 @@ def find_version(name: str, run_id: str, model_uri: str) -> ModelVersion | None:
     return next((version for version in versions if version.source == model_uri), None)
 
 
-def register_run_model(run_id: str, model_uri: str, name: str) -> RegisteredVersion:
+def register_run_model(
+    run_id: str, model_uri: str, name: str, model_description: str = ""
+) -> RegisteredVersion:
     """Register the model `run_id` logged at `model_uri`, once: registering the same model
     again reuses its version. Either way the version gets a description and tags taken
-    from the run (metrics, data digest, git commit)."""
+    from the run (metrics, data digest, git commit), and the registered model
+    `model_description` (when given and different)."""
     client = mlflow.MlflowClient()
     existing = find_version(name, run_id, model_uri)
     if existing is None:
         version = int(mlflow.register_model(model_uri, name).version)
+        if model_description and client.get_registered_model(name).description != model_description:
+            client.update_registered_model(name, description=model_description)
     else:
         version = int(existing.version)
         logger.info("%s is already %s version %d: reusing it", model_uri, name, version)

@@ -31,7 +31,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
-from tabular_mlops import interrupts, stale_runs
+from tabular_mlops import descriptions, interrupts, stale_runs
 from tabular_mlops.config import ProjectConfig, TrackingConfig
 from tabular_mlops.data import LabeledTable
 from tabular_mlops.errors import UserInputError
@@ -52,6 +52,9 @@ INPUT_EXAMPLE_ROWS = 5
 SCHEMA_SAMPLE_ROWS = 1000
 # The tag MLflow's UI shows as an experiment's (or run's) description.
 DESCRIPTION_TAG = "mlflow.note.content"
+# The tag MLflow's UI opens an experiment by (its JavaScript's ExperimentKind values).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
 
 
 def configure_tracking() -> str:
@@ -68,18 +71,26 @@ def configure_tracking() -> str:
 
 @contextmanager
 def project_run(
-    config: ProjectConfig, entry_point: str, model_type: str | None = PIPELINE_MODEL_TYPE
+    config: ProjectConfig,
+    entry_point: str,
+    model_type: str | None = PIPELINE_MODEL_TYPE,
+    summary: str = "",
 ) -> Iterator[mlflow.ActiveRun]:
     """The run an entry point logs to; it ends FAILED, with an `error` tag, on any error,
     and KILLED when the process is interrupted (see tabular_mlops.interrupts).
 
     Under `mlflow run` that is the run MLflow opened (MLFLOW_RUN_ID), in the experiment
-    `mlflow run` chose; otherwise a new run in the config's experiment.
+    `mlflow run` chose; otherwise a new run in the config's experiment. Either way it is
+    named after the entry point and the settings given, and described by `summary`.
     """
     tracking_uri = configure_tracking()
+    name = descriptions.run_name(entry_point, config)
+    description = descriptions.run_description(summary, config) if summary else None
     if MLFLOW_RUN_ID.defined:
         # Nested: `main` runs its steps in its own process under the local env manager.
-        run = mlflow.start_run(nested=mlflow.active_run() is not None)
+        run = mlflow.start_run(
+            nested=mlflow.active_run() is not None, run_name=name, description=description
+        )
         experiment = mlflow.get_experiment(run.info.experiment_id).name
         if experiment != config.tracking.experiment_name:
             logger.warning(
@@ -91,7 +102,7 @@ def project_run(
             )
     else:
         mlflow.set_experiment(config.tracking.experiment_name)
-        run = mlflow.start_run(run_name=entry_point)
+        run = mlflow.start_run(run_name=name, description=description)
     logger.info("run %s in %s", run.info.run_id, redact(tracking_uri))
     mask_source_tags(run.info.run_id, run.data.tags)
     describe_experiment(run.info.experiment_id, config.tracking)
@@ -133,7 +144,9 @@ def finished_run(run_id: str, error: type[UserInputError] = UserInputError) -> R
 def describe_experiment(experiment_id: str, tracking: TrackingConfig) -> None:
     """Give the experiment the config's description (shown in the UI) and tags."""
     client = mlflow.MlflowClient()
-    tags = dict(tracking.experiment_tags)
+    # Without it, MLflow's UI guesses the experiment's kind and may open it on its GenAI
+    # pages (traces) instead of its training runs.
+    tags = {EXPERIMENT_KIND_TAG: CUSTOM_MODEL_DEVELOPMENT} | dict(tracking.experiment_tags)
     if tracking.experiment_description:
         tags[DESCRIPTION_TAG] = tracking.experiment_description
     current = client.get_experiment(experiment_id).tags
@@ -289,6 +302,28 @@ def log_pipeline(
     )
     mlflow.set_tag(Tag.MODEL_URI, model_info.model_uri)
     return model_info
+
+
+@contextmanager
+def autologged(enabled: bool) -> Iterator[None]:
+    """MLflow's scikit-learn and LightGBM autologging around one fit in the active run
+    (`tracking.autolog`), beside the explicit logging: the pipeline's parameters
+    (`classifier__num_leaves`, ...), `training_*` metrics and plots, `estimator.html`. It
+    logs no model (the step logs the one it registers), no dataset (logged with its
+    digest) and no metric after the fit (the test metrics are the step's); its names never
+    clash with the config's dotted params or the test metrics. Off again on exit: fits
+    made elsewhere (tuning folds in threads would each open a run) stay unlogged."""
+    if not enabled:
+        yield
+        return
+    quiet = {"log_models": False, "log_datasets": False, "silent": True}
+    mlflow.sklearn.autolog(**quiet, log_post_training_metrics=False)
+    mlflow.lightgbm.autolog(**quiet)  # a LightGBM model fitted outside a pipeline
+    try:
+        yield
+    finally:
+        mlflow.sklearn.autolog(disable=True)
+        mlflow.lightgbm.autolog(disable=True)
 
 
 def log_stepped_metrics(series: dict[str, list[float]], prefix: str) -> None:

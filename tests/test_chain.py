@@ -150,10 +150,10 @@ def test_a_step_parameter_is_checked_by_the_steps_parser_before_any_work(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for argv, message in [
-        (["--n-trials", "abc"], "track: error: argument --n-trials: expected a whole number"),
-        (["--n-estimators", "1.5"], "train_basic: error: argument --n-estimators"),
+        (["--n-trials", "abc"], "track: error: parameter n_trials: expected a whole number"),
+        (["--n-estimators", "1.5"], "train_basic: error: parameter n_estimators"),
         (["--n-tri", "3"], "main: error: unrecognized arguments: --n-tri 3"),
-        (["--force", "maybe"], "main: error: argument --force: expected true or false"),
+        (["--force", "maybe"], "main: error: parameter force: expected true or false"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             main.parse_args(argv)
@@ -187,7 +187,7 @@ def test_a_parameter_error_is_recorded_on_the_run_mlflow_opened(
     with pytest.raises(SystemExit):
         ArgumentParser(prog="track").error("argument --n-trials: expected a whole number")
     tags = mlflow.get_run(run.info.run_id).data.tags
-    assert tags[Tag.ERROR] == "track: error: argument --n-trials: expected a whole number"
+    assert tags[Tag.ERROR] == "track: error: parameter n_trials: expected a whole number"
 
 
 @pytest.mark.parametrize(

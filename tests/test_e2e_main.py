@@ -187,7 +187,7 @@ def test_a_failing_step_fails_main_and_moves_no_alias(first: MainRun, project: P
 def test_a_bad_parameter_fails_main_before_any_step(first: MainRun, project: Path) -> None:
     # Checked by the step's own parser, before any step runs (an unknown parameter of
     # main's own: tests/test_chain.py).
-    message = "track: error: argument --n-trials: expected a whole number, got 'abc'"
+    message = "track: error: parameter n_trials: expected a whole number, got 'abc'"
     failed = run_main(project, None, "n_trials=abc")
     assert failed.process.returncode != 0
     assert message in failed.process.stderr

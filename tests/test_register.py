@@ -336,9 +336,9 @@ def test_list_prints_versions_with_aliases_and_metrics(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--dry-run", "maybe"], "argument --dry-run: expected true or false, got 'maybe'"),
-        (["--action", "delete"], "argument --action: invalid choice: 'delete'"),
-        (["--threshold", "high"], "argument --threshold: expected a number, got 'high'"),
+        (["--dry-run", "maybe"], "parameter dry_run: expected true or false, got 'maybe'"),
+        (["--action", "delete"], "parameter action: invalid choice: 'delete'"),
+        (["--threshold", "high"], "parameter threshold: expected a number, got 'high'"),
     ],
 )
 def test_bad_parameter_exits_2_with_one_line(

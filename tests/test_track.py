@@ -58,9 +58,13 @@ def parent_and_trials() -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]
 def test_track_logs_nested_trials_the_best_model_and_a_report(
     tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert track.main(["--config", str(small_config(tmp_path))]) == 0
+    assert track.main(["--config", str(small_config(tmp_path)), "--autolog", "true"]) == 0
     parent, trials = parent_and_trials()
+    # Autologging covers the refit only: no run of its own, nothing on the trials (their
+    # params are the sampled ones alone, checked below).
     assert parent.info.status == "FINISHED" and len(trials) == 4
+    assert {"training_roc_auc", "training_log_loss"} <= set(parent.data.metrics)
+    assert parent.data.params["classifier__n_estimators"] == parent.data.params[REFIT_TREES_PARAM]
 
     for trial in trials:
         assert trial.info.status == "FINISHED"

@@ -39,9 +39,9 @@ def test_empty_parameters_keep_the_config_and_numbers_are_typed() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--n-estimators", "abc"], "argument --n-estimators: expected a whole number, got 'abc'"),
-        (["--num-leaves", "2.5"], "argument --num-leaves: expected a whole number, got '2.5'"),
-        (["--test-size", "big"], "argument --test-size: expected a number, got 'big'"),
+        (["--n-estimators", "abc"], "parameter n_estimators: expected a whole number, got 'abc'"),
+        (["--num-leaves", "2.5"], "parameter num_leaves: expected a whole number, got '2.5'"),
+        (["--test-size", "big"], "parameter test_size: expected a number, got 'big'"),
         (["--n_trials", "5"], "unrecognized arguments: --n_trials 5"),
     ],
 )
@@ -77,6 +77,9 @@ def test_trains_and_registers_a_parquet_table_with_inferred_features(
     assert run.info.status == "FINISHED"
     assert run.data.params["data.numeric_features"] == "None"  # inferred
     assert {"roc_auc", "log_loss", "brier_score_loss", "f1_score"} <= set(run.data.metrics)
+    # Autologging is off by default: nothing of it in the run.
+    assert not [name for name in run.data.metrics if name.startswith("training_")]
+    assert not [name for name in run.data.params if "__" in name]
     version = mlflow.MlflowClient().get_model_version_by_alias("mixed-model", "latest-model")
     assert version.run_id == run.info.run_id
 
@@ -104,12 +107,43 @@ def test_parameters_override_the_config(tracking_uri: str, tmp_path: Path) -> No
     frame.to_csv(tmp_path / "churn.csv", index=False)
     config = write_config(tmp_path / "c.yaml", churn_settings(), data={"path": "churn.csv"})
     argv = ["--config", str(config), "--n-estimators", "25", "--seed", "3"]
-    argv += ["--registered-model-name", "override-model"]
+    argv += ["--registered-model-name", "override-model", "--autolog", "true"]
     assert train_basic.main(argv) == 0
     (run,) = runs_of("churn")
     assert run.data.params["model.n_estimators"] == "25"
     assert run.data.params["split.seed"] == "3"
     assert registered_names() == ["override-model"]
+
+    # What a person sees in the UI: a run named after what ran and described.
+    assert (
+        run.info.run_name
+        == "train_basic c.yaml seed=3 n_estimators=25 registered_model_name=override-model "
+        "autolog=true"
+    )
+    description = run.data.tags["mlflow.note.content"]
+    assert description.startswith("Entry point `train_basic`: train, evaluate, log and register")
+    assert f"- config: `{config}`, with `split.seed=3`, `model.n_estimators=25`" in description
+    assert "predicting `churn` = `Yes`" in description
+    experiment = mlflow.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    model = mlflow.MlflowClient().get_registered_model("override-model")
+    assert model.description.startswith("Predicts whether `churn` = `Yes` for a row of `churn.csv`")
+    assert (
+        "`contract`" in model.description
+        and "models:/override-model@latest-model" in model.description
+    )
+
+    # Autologging (-P autolog=true) beside the explicit logging: the pipeline's parameters
+    # and training metrics, no second model, no name shared with what the step logs.
+    autologged = {name for name in run.data.params if name.startswith("classifier__")}
+    assert {"classifier__n_estimators", "classifier__num_leaves"} <= autologged
+    assert run.data.params["classifier__n_estimators"] == "25"
+    assert {"training_roc_auc", "training_log_loss"} <= set(run.data.metrics)
+    assert run.data.metrics["roc_auc"] != run.data.metrics["training_roc_auc"]
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    assert logged.source_run_id == run.info.run_id
 
 
 # Bad input: one error line, exit 1, the run FAILED with the reason, nothing registered.
