@@ -55,13 +55,15 @@ def evaluate_model(model_uri: str, X: pd.DataFrame, y: pd.Series) -> EvaluationR
     with quiet_integer_schema_hint():
         return mlflow.models.evaluate(
             model=model_uri,
-            data=X.assign(**{LABEL_COLUMN: y.to_numpy()}),
+            # True/False rather than 1/0: MLflow reads integer labels as neither classes nor
+            # values, and warns on every run that the model type "looks like None".
+            data=X.assign(**{LABEL_COLUMN: y.to_numpy().astype(bool)}),
             targets=LABEL_COLUMN,
             model_type="classifier",
             evaluators="default",
             # SHAP needs the shap package and minutes of compute; per-row reasons come
             # from LightGBM's own contributions in the custom model instead.
-            evaluator_config={"pos_label": 1, "log_model_explainability": False},
+            evaluator_config={"pos_label": True, "log_model_explainability": False},
         )
 
 
