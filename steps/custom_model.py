@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 
 from tabular_mlops import data, descriptions, interrupts, packaging, registry, tracking
+from tabular_mlops.chain import env_manager_of
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -128,7 +129,8 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
         registry.set_review(name, version.version, "passed")
         registry.move_alias(name, custom.alias, version.version)
         registry.record_alias(name, custom.alias, version.version)
-    logger.info("serve it: mlflow models serve -m %s", registry.alias_uri(name, custom.alias))
+    serve = descriptions.serve_command(registry.alias_uri(name, custom.alias), env_manager_of(run))
+    logger.info("serve it: %s", serve)
     return CustomModelResult(
         run.info.run_id, info.model_uri, source_uri, version.version, tuned.threshold, metrics
     )

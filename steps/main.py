@@ -13,7 +13,7 @@ from types import ModuleType
 import mlflow
 
 from steps import custom_model, register, track, train_basic
-from tabular_mlops import chain, data, interrupts, registry, tracking
+from tabular_mlops import chain, data, descriptions, interrupts, registry, tracking
 from tabular_mlops.chain import StepCall, StepRun
 from tabular_mlops.cli import boolean, config_parser, configure_logging, run_with_config, unset_or
 from tabular_mlops.config import ProjectConfig, PromotionConfig
@@ -169,7 +169,7 @@ def summarize(steps: list[StepRun], config: ProjectConfig, env_manager: str) -> 
         listed = ", ".join(f"{alias} -> v{version}" for alias, version in sorted(aliases.items()))
         lines.append(f"{name}: {listed or 'no aliases'}")
     uri = registry.alias_uri(custom.registered_model_name, custom.alias)
-    lines.append(f"serve it: mlflow models serve -m {uri} --env-manager {env_manager} -p 5001")
+    lines.append(f"serve it: {descriptions.serve_command(uri, env_manager)}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,11 @@ import argparse
 import logging
 from dataclasses import dataclass
 
+import mlflow
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
 from tabular_mlops import chain, data, descriptions, interrupts, registry, tracking
+from tabular_mlops.chain import env_manager_of
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -15,6 +19,7 @@ from tabular_mlops.cli import (
     whole_number,
 )
 from tabular_mlops.config import HEADLINE_METRICS, ProjectConfig
+from tabular_mlops.redaction import redact
 
 ENTRY_POINT = "train_basic"
 logger = logging.getLogger(__name__)
@@ -111,6 +116,12 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         )
     for metric in HEADLINE_METRICS:
         logger.info("test %s = %.4f", metric, metrics[metric])
+    if MLFLOW_PARENT_RUN_ID not in run.data.tags:  # run alone, not as a step of `main`
+        experiment = mlflow.get_experiment(run.info.experiment_id).name
+        uri = registry.alias_uri(name, alias)
+        tracking_uri = redact(mlflow.get_tracking_uri())
+        for line in descriptions.next_steps(tracking_uri, experiment, uri, env_manager_of(run)):
+            logger.info("next: %s", line)
     return TrainResult(run.info.run_id, model_info.model_uri, version.version, metrics)
 
 

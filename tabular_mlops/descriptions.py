@@ -52,7 +52,7 @@ def pipeline_model(
             "- **outputs**: `predict` gives 0/1 at probability 0.5; `predict_proba(X)[:, 1]` "
             "the probability of the positive class",
             f"- **call**: `mlflow.sklearn.load_model('models:/{name}@{alias}')`, or "
-            f"`mlflow models serve -m models:/{name}@{alias} --env-manager local -p 5001`",
+            f"`{serve_command(f'models:/{name}@{alias}', 'local')}`",
             f"- **aliases**: `{alias}` (newest version trained), and the `register` step's "
             "champion/challenger",
         ]
@@ -75,10 +75,31 @@ def service_model(config: ProjectConfig) -> str:
             f"- **outputs** per row: `probability`, `decision` (at the threshold), "
             f"`risk_band` ({bands}); with `explain` the top `top_k` reasons",
             "- **request params**: `threshold`, `explain`, `top_k`",
-            f"- **call**: `mlflow models serve -m {uri} --env-manager local -p 5001`, then "
+            f"- **call**: `{serve_command(uri, 'local')}`, then "
             "POST `/invocations` with `dataframe_split`; `batch_score` for a whole table",
         ]
     )
+
+
+def serve_command(model_uri: str, env_manager: str, port: int = 5001) -> str:
+    """The command that serves `model_uri`, as a user can paste it (MLflow's own default
+    env manager, virtualenv, needs pyenv: always named)."""
+    return f"mlflow models serve -m {model_uri} --env-manager {env_manager} -p {port}"
+
+
+def next_steps(tracking_uri: str, experiment: str, model_uri: str, env_manager: str) -> list[str]:
+    """What to run after a first `train_basic`: look at the run, run the whole chain
+    (which reuses it), serve the model. `tracking_uri` is shown as given: redact it first."""
+    if tracking_uri.startswith("sqlite:"):
+        look = f"mlflow ui --backend-store-uri {tracking_uri}  (then http://127.0.0.1:5000)"
+    else:
+        look = f"open {tracking_uri} in a browser"
+    chain = f"mlflow run . --env-manager {env_manager} --experiment-name {experiment}"
+    return [
+        f"see the run: {look}",
+        f"tune, review and wrap it (this run is reused): {chain}",
+        f"serve it: {serve_command(model_uri, env_manager)}",
+    ]
 
 
 def _positives(config: ProjectConfig) -> str:

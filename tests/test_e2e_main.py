@@ -84,8 +84,11 @@ def champion_version(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def first(project: Path) -> MainRun:
-    """The first `mlflow run .` in a fresh store: the project's default ./mlflow.db."""
+    """A newcomer's path in a fresh store (the project's default ./mlflow.db): the step
+    `scripts/train.sh` runs alone, then the first `mlflow run .`."""
     assert not (project / "mlflow.db").exists()
+    alone = mlflow_run(project, None, "train_basic")
+    assert alone.returncode == 0, alone.stderr[-5000:]
     chained = run_main(project, None, *BASE)
     assert chained.process.returncode == 0, chained.process.stderr[-5000:]
     return chained
@@ -94,9 +97,19 @@ def first(project: Path) -> MainRun:
 def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
     first: MainRun, project: Path, tmp_path: Path
 ) -> None:
+    # The train_basic run made alone is reused: no second, identical version.
+    assert first.reused == {step: step == "train_basic" for step in STEPS}
+    basic = mlflow.get_run(first.step_run_ids["train_basic"])
+    assert MLFLOW_PARENT_RUN_ID not in basic.data.tags and basic.info.status == "FINISHED"
+    versions = mlflow.MlflowClient().search_model_versions("name = 'churn-classifier'")
+    sources = [version.run_id for version in versions]
+    assert basic.info.run_id in sources and len(set(sources)) == len(sources)
+
     children = first.children()
-    assert set(children) == set(STEPS) and not any(first.reused.values())
-    assert {step: run.info.run_id for step, run in children.items()} == first.step_run_ids
+    assert set(children) == set(STEPS) - {"train_basic"}
+    assert {step: run.info.run_id for step, run in children.items()} == {
+        step: run_id for step, run_id in first.step_run_ids.items() if step != "train_basic"
+    }
     assert all(run.info.status == "FINISHED" for run in children.values())
     # Run inside main's process (--env-manager local), each step's run is what `mlflow run`
     # makes: a project run with every MLproject parameter of its entry point.
@@ -105,7 +118,7 @@ def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
         assert run.data.tags["mlflow.source.type"] == "PROJECT"
         assert run.data.tags["mlflow.source.git.commit"] == first.run.data.tags[Tag.GIT_COMMIT]
         assert set(spec.get_entry_point(step).parameters) <= set(run.data.params)
-    basic, tuned, review, service = (children[step] for step in STEPS)
+    tuned, review, service = (children[step] for step in STEPS[1:])
 
     # Run ids and model URIs went from step to step.
     assert tuned.data.tags[Tag.BASELINE_RUN_ID] == basic.info.run_id
@@ -123,10 +136,14 @@ def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
     assert versions.run_id == service.info.run_id
 
     out = first.process.stdout
-    assert "main: 4 steps, 0 reused" in out
-    assert "serve it: mlflow models serve -m models:/churn-service@champion" in out
+    assert "main: 4 steps, 1 reused" in out
+    serve = "mlflow models serve -m models:/churn-service@champion --env-manager local -p 5001"
+    assert f"serve it: {serve}" in out
+    assert f"serve it: {serve}" in first.process.stderr  # custom_model's own hint too
+    for noise in ("WARNING mlflow", "Failed to log", "looks like None"):
+        assert noise not in first.process.stderr
 
-    # Served-ready: `mlflow models serve` answers for the champion.
+    # Served-ready: the hint's command (on another port) answers for the champion.
     row = churn_frame().drop(columns=["customer_id", "churn"]).head(1)
     body = row.to_json(orient="split", index=False)
     store, env_root = sqlite_uri(project / "mlflow.db"), session_env_root(project)

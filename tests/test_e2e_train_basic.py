@@ -45,6 +45,14 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
     result = mlflow_run(project, store, ENTRY_POINT)
     assert result.returncode == 0, result.stderr[-3000:]
     client = use_store(store)
+    # Run alone, it ends by saying what to run next, each a command that works as printed
+    # (the chain and serving are run so in tests/test_e2e_main.py).
+    assert f"next: see the run: mlflow ui --backend-store-uri {store}" in result.stderr
+    chain = f"mlflow run . --env-manager local --experiment-name {E2E_EXPERIMENT}"
+    assert f"next: tune, review and wrap it (this run is reused): {chain}" in result.stderr
+    serve = "mlflow models serve -m models:/churn-classifier@latest-model --env-manager local"
+    assert f"next: serve it: {serve} -p 5001" in result.stderr
+    assert "WARNING" not in result.stderr and "warn" not in result.stderr.lower()
 
     run = only_run()
     assert run.info.status == "FINISHED"
