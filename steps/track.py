@@ -92,6 +92,9 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
         metrics = evaluation.log_test_evaluation(
             pipeline, model_info.model_uri, parts.X_test, parts.y_test
         )
+        metrics |= evaluation.log_f1_threshold_metrics(
+            pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test, config.split.seed
+        )
 
         board = tuning.leaderboard(run.info.experiment_id, study.study_name)
         top = tuning.log_report(study, board)

@@ -91,6 +91,9 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         metrics = evaluation.log_test_evaluation(
             pipeline, model_info.model_uri, parts.X_test, parts.y_test
         )
+        metrics |= evaluation.log_f1_threshold_metrics(
+            pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test, config.split.seed
+        )
 
         name, alias = config.tracking.registered_model_name, config.tracking.alias
         described = descriptions.pipeline_model(config, table.spec.numeric, table.spec.categorical)

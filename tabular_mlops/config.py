@@ -42,8 +42,21 @@ GATE_METRICS: dict[str, bool] = {
     "recall_score": True,
 }
 
-# The metrics a run is summed up by, as MLflow's evaluator names them (plus brier_score_loss).
-HEADLINE_METRICS = ("roc_auc", "precision_recall_auc", "log_loss", "brier_score_loss", "f1_score")
+# The threshold maximising F1 out of fold on the training split, and the suffix of the
+# test metrics at it (tabular_mlops.evaluation.log_f1_threshold_metrics).
+F1_THRESHOLD = "f1_threshold"
+AT_F1_THRESHOLD = "_at_f1_threshold"
+
+# The metrics a run is summed up by, as MLflow's evaluator names them (plus brier_score_loss
+# and F1 at the tuned threshold as well as at 0.5).
+HEADLINE_METRICS = (
+    "roc_auc",
+    "precision_recall_auc",
+    "log_loss",
+    "brier_score_loss",
+    "f1_score",
+    f"f1_score{AT_F1_THRESHOLD}",
+)
 
 
 def _usable_alias(alias: str) -> str:
