@@ -120,10 +120,14 @@ def train_basic(config: ProjectConfig) -> TrainResult:
     for metric in HEADLINE_METRICS:
         logger.info("test %s = %.4f", metric, metrics[metric])
     if MLFLOW_PARENT_RUN_ID not in run.data.tags:  # run alone, not as a step of `main`
-        experiment = mlflow.get_experiment(run.info.experiment_id).name
-        uri = registry.alias_uri(name, alias)
-        tracking_uri = redact(mlflow.get_tracking_uri())
-        for line in descriptions.next_steps(tracking_uri, experiment, uri, env_manager_of(run)):
+        experiment = mlflow.get_experiment(run.info.experiment_id)
+        for line in descriptions.next_steps(
+            redact(mlflow.get_tracking_uri()),
+            experiment.name,
+            experiment.experiment_id,
+            registry.alias_uri(name, alias),
+            env_manager_of(run),
+        ):
             logger.info("next: %s", line)
     return TrainResult(run.info.run_id, model_info.model_uri, version.version, metrics)
 

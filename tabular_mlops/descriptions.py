@@ -87,16 +87,26 @@ def serve_command(model_uri: str, env_manager: str, port: int = 5001) -> str:
     return f"mlflow models serve -m {model_uri} --env-manager {env_manager} -p {port}"
 
 
-def next_steps(tracking_uri: str, experiment: str, model_uri: str, env_manager: str) -> list[str]:
+def runs_page(ui_url: str, experiment_id: str) -> str:
+    """The experiment's runs in MLflow's UI. Without `workflowType`, the UI of MLflow 3.17
+    opens every experiment on its GenAI overview (traces, tokens) until the user switches
+    it to "Model training" in that browser."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def next_steps(
+    tracking_uri: str, experiment_name: str, experiment_id: str, model_uri: str, env_manager: str
+) -> list[str]:
     """What to run after a first `train_basic`: look at the run, run the whole chain
     (which reuses it), serve the model. `tracking_uri` is shown as given: redact it first."""
     if tracking_uri.startswith("sqlite:"):
-        look = f"mlflow ui --backend-store-uri {tracking_uri}  (then http://127.0.0.1:5000)"
+        ui = f"mlflow ui --backend-store-uri {tracking_uri}, then open "
+        ui += runs_page("http://127.0.0.1:5000", experiment_id)
     else:
-        look = f"open {tracking_uri} in a browser"
-    chain = f"mlflow run . --env-manager {env_manager} --experiment-name {experiment}"
+        ui = f"open {runs_page(tracking_uri, experiment_id)}"
+    chain = f"mlflow run . --env-manager {env_manager} --experiment-name {experiment_name}"
     return [
-        f"see the run: {look}",
+        f"see the run: {ui}",
         f"tune, review and wrap it (this run is reused): {chain}",
         f"serve it: {serve_command(model_uri, env_manager)}",
     ]

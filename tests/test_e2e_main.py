@@ -4,6 +4,7 @@ store (./mlflow.db). The tests build on each other, in file order. (`main` under
 team stack: tests/test_e2e_stack.py.)"""
 
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,14 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_PROJECT_ENTRY_POINT,
 )
 
+from bench.servers import LOOPBACK, background_server, free_port
+from tabular_mlops.descriptions import runs_page
 from tabular_mlops.tags import Tag
 from tests.conftest import (
     E2E_EXPERIMENT,
     SERVICE_URI,
     churn_frame,
+    missing_tool,
     mlflow_run,
     post,
     served,
@@ -153,6 +157,65 @@ def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
     prediction = answer["predictions"]  # columnar: one list per output
     assert 0 <= prediction["probability"][0] <= 1
     assert prediction["model_version"] == [str(versions.version)]
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
+
+
+def test_the_ui_shows_the_runs_the_models_and_the_plots(
+    first: MainRun, project: Path, tmp_path: Path
+) -> None:
+    """MLflow's UI on the chain's store, in a headless browser; screenshots in tmp_path."""
+    if not CHROMIUM.exists():
+        missing_tool("chromium (apt-get install chromium)")
+    from playwright.sync_api import Page, sync_playwright
+
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "ui", "--host", LOOPBACK, "--port", str(port)]
+    command += ["--backend-store-uri", sqlite_uri(project / "mlflow.db"), "--workers", "1"]
+    ui = f"http://{LOOPBACK}:{port}"
+    basic_run_id = first.step_run_ids["train_basic"]
+    experiment_id = first.run.info.experiment_id
+    with (
+        background_server(command, f"{ui}/health", tmp_path / "ui.log", timeout=120),
+        sync_playwright() as playwright,
+    ):
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+
+        def opened(url: str) -> Page:
+            # A page per address: the UI does not always redraw on a change of `#...` alone.
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            return page
+
+        # The link train_basic prints opens the experiment on its training runs, named
+        # after what ran (the steps main ran are folded under its run).
+        page = opened(runs_page(ui, experiment_id))
+        page.get_by_text("train_basic", exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text("main n_trials=2 check_env_manager=none", exact=True).first.wait_for()
+        page.screenshot(path=tmp_path / "experiment.png")
+        assert f"/experiments/{experiment_id}/runs" in page.url
+
+        for name, description in [
+            ("churn-classifier", "Predicts whether churn = Yes"),
+            ("churn-service", "Serves decisions on churn = Yes"),
+        ]:
+            page = opened(f"{ui}/#/models/{name}")
+            page.get_by_text(description).first.wait_for(timeout=30_000)
+            page.get_by_text("champion").first.wait_for()
+            page.screenshot(path=tmp_path / f"model-{name}.png")
+
+        # The run page lists the evaluation's plots, and shows one.
+        page = opened(f"{ui}/#/experiments/{experiment_id}/runs/{basic_run_id}/artifacts")
+        for plot in ("roc_curve_plot.png", "confusion_matrix.png", "calibration_curve_plot.png"):
+            page.get_by_text(plot, exact=True).first.wait_for(timeout=30_000)
+        page.get_by_text("roc_curve_plot.png", exact=True).first.click()
+        page.locator("img[src^='blob:']").first.wait_for(timeout=30_000)  # the plot, loaded
+        page.screenshot(path=tmp_path / "run-plots.png")
+        browser.close()
+    assert sorted(path.name for path in tmp_path.glob("*.png")) == [
+        "experiment.png", "model-churn-classifier.png", "model-churn-service.png", "run-plots.png",
+    ]  # fmt: skip
 
 
 def test_a_second_main_reuses_every_step(first: MainRun, project: Path) -> None:

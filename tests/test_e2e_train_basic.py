@@ -47,7 +47,10 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
     client = use_store(store)
     # Run alone, it ends by saying what to run next, each a command that works as printed
     # (the chain and serving are run so in tests/test_e2e_main.py).
-    assert f"next: see the run: mlflow ui --backend-store-uri {store}" in result.stderr
+    runs_page = "http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
+    assert f"next: see the run: mlflow ui --backend-store-uri {store}, then open {runs_page}" in (
+        result.stderr
+    )
     chain = f"mlflow run . --env-manager local --experiment-name {E2E_EXPERIMENT}"
     assert f"next: tune, review and wrap it (this run is reused): {chain}" in result.stderr
     serve = "mlflow models serve -m models:/churn-classifier@latest-model --env-manager local"
