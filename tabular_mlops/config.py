@@ -70,6 +70,23 @@ def _usable_alias(alias: str) -> str:
 # A registered-model alias this project may set.
 Alias = Annotated[str, AfterValidator(_usable_alias)]
 
+# Where runs and models go: `local` is MLFLOW_TRACKING_URI (a server) or ./mlflow.db, with
+# that store's registry; `databricks` is the workspace's tracking and Unity Catalog's
+# registry (three-level model names, aliases only).
+LOCAL_PROFILE, DATABRICKS_PROFILE = "local", "databricks"
+# An unquoted Unity Catalog identifier (catalog, schema, model).
+_UC_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+
+
+def unity_catalog_problem(name: str) -> str | None:
+    """Why `name` is not a Unity Catalog model name (`catalog.schema.model`), or None."""
+    parts = name.split(".")
+    if len(parts) != 3:
+        return f"{name!r} is not catalog.schema.model ({len(parts)} part(s))"
+    if bad := [part for part in parts if not _UC_IDENTIFIER.match(part)]:
+        return f"{name!r}: {', '.join(map(repr, bad))} may hold only letters, digits and _"
+    return None
+
 
 class _Section(BaseModel):
     # A misspelt key is an error, not a silently ignored setting.
@@ -228,6 +245,7 @@ class TuningConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    profile: Literal["local", "databricks"] = LOCAL_PROFILE
     experiment_name: str = Field("churn", min_length=1)
     experiment_description: str = ""
     experiment_tags: dict[str, str] = {}
@@ -419,6 +437,24 @@ class ProjectConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _names_fit_the_profile(self) -> "ProjectConfig":
+        if self.tracking.profile != DATABRICKS_PROFILE:
+            return self
+        experiment = self.tracking.experiment_name
+        if not experiment.startswith("/"):
+            raise ValueError(
+                "tracking.experiment_name must be a workspace path on Databricks "
+                f"(/Users/you@example.com/churn, /Shared/churn), got {experiment!r}"
+            )
+        names = {"tracking.registered_model_name": self.tracking.registered_model_name}
+        if self.custom_model:
+            names["custom_model.registered_model_name"] = self.custom_model.registered_model_name
+        for setting, name in names.items():
+            if problem := unity_catalog_problem(name):
+                raise ValueError(f"{setting} on Databricks (Unity Catalog): {problem}")
+        return self
+
+    @model_validator(mode="after")
     def _search_space_fits_the_model(self) -> "ProjectConfig":
         # Both ends of every range must make a valid model, so no trial fails half-way.
         for name, dimension in (self.tuning.search_space if self.tuning else {}).items():
@@ -460,22 +496,12 @@ class ProjectConfig(_Section):
 
 
 def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) -> ProjectConfig:
-    """Read `path`, apply dotted-key `overrides` (None values skipped) and validate."""
+    """Read `path`, apply dotted-key `overrides` (None values skipped) and validate.
+
+    A config may start with `extends: other.yaml` (relative to its own folder): it then
+    holds only what it changes in that one, section by section (a list is replaced)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})"
-        ) from None
-    except (OSError, yaml.YAMLError) as error:
-        reason = " ".join(str(error).split())
-        raise ConfigError(f"config file {path} cannot be read: {reason}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {raw!r}")
-    raw = copy.deepcopy(raw)
+    raw = copy.deepcopy(_read_extended(path, seen=()))
     for dotted_key, value in (overrides or {}).items():
         if value is not None:
             try:
@@ -491,6 +517,47 @@ def load_config(path: Path | str, overrides: Mapping[str, Any] | None = None) ->
         key: value for key, value in (overrides or {}).items() if value is not None
     }
     return config
+
+
+def _read_extended(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """The config at `path`, merged onto the one it extends (if any)."""
+    if path.resolve() in seen:
+        chain = " -> ".join(str(step) for step in (*seen, path.resolve()))
+        raise ConfigError(f"config files extend each other in a circle: {chain}")
+    raw = _read_mapping(path)
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"invalid config {path}: extends: must be a file name, got {base!r}")
+    return _merged(_read_extended(path.parent / base, (*seen, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    except (OSError, yaml.YAMLError) as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(f"config file {path} cannot be read: {reason}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not {raw!r}")
+    return raw
 
 
 def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:

@@ -22,6 +22,7 @@ from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.entities import Metric, Run
 from mlflow.environment_variables import (
     MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD,
+    MLFLOW_REGISTRY_URI,
     MLFLOW_RUN_ID,
     MLFLOW_TRACKING_URI,
 )
@@ -32,7 +33,7 @@ from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
 from tabular_mlops import descriptions, interrupts, stale_runs
-from tabular_mlops.config import ProjectConfig, TrackingConfig
+from tabular_mlops.config import DATABRICKS_PROFILE, LOCAL_PROFILE, ProjectConfig, TrackingConfig
 from tabular_mlops.data import LabeledTable
 from tabular_mlops.errors import UserInputError
 from tabular_mlops.faults import FaultPoint, crash_if_injected
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DATABRICKS_URI, UNITY_CATALOG_URI = "databricks", "databricks-uc"
 # Values of Tag.MODEL_TYPE: what a run's logged model is.
 PIPELINE_MODEL_TYPE = "sklearn-pipeline-lightgbm"
 WRAPPER_MODEL_TYPE = "pyfunc-wrapper"
@@ -57,12 +59,21 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
 
 
-def configure_tracking() -> str:
-    """Use MLFLOW_TRACKING_URI when set (a server, say), else the local sqlite store."""
+def configure_tracking(profile: str = LOCAL_PROFILE) -> str:
+    """The `local` profile: MLFLOW_TRACKING_URI when set (a server, say), else the local
+    sqlite store, with that store's registry. `databricks`: the workspace (`databricks`,
+    or MLFLOW_TRACKING_URI if it names one, `databricks://<profile>`) and Unity Catalog's
+    registry (`databricks-uc`, unless MLFLOW_REGISTRY_URI says otherwise)."""
     # A server proxying an S3 store offers clients presigned URLs into the store, which a
     # client cannot reach when the store is not published (deploy/docker-compose.yml):
     # artifacts come through the server, unless the user says otherwise.
     os.environ.setdefault(MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD.name, "false")
+    if profile == DATABRICKS_PROFILE:
+        given = MLFLOW_TRACKING_URI.get() if MLFLOW_TRACKING_URI.defined else ""
+        mlflow.set_tracking_uri(given if given.startswith(DATABRICKS_URI) else DATABRICKS_URI)
+        if not MLFLOW_REGISTRY_URI.defined:
+            mlflow.set_registry_uri(UNITY_CATALOG_URI)
+        return mlflow.get_tracking_uri()
     if not MLFLOW_TRACKING_URI.defined:
         # Explicit: a leftover ./mlruns file store would otherwise become MLflow's default.
         mlflow.set_tracking_uri(DEFAULT_TRACKING_URI)
@@ -83,7 +94,7 @@ def project_run(
     `mlflow run` chose; otherwise a new run in the config's experiment. Either way it is
     named after the entry point and the settings given, and described by `summary`.
     """
-    tracking_uri = configure_tracking()
+    tracking_uri = configure_tracking(config.tracking.profile)
     name = descriptions.run_name(entry_point, config)
     description = descriptions.run_description(summary, config) if summary else None
     if MLFLOW_RUN_ID.defined:
