@@ -373,7 +373,11 @@ def _feature_spec(frame: pd.DataFrame, config: DataConfig) -> FeatureSpec:
         for column in categorical:
             _warn_if_id_like(frame[column])
     if ignored := [c for c in unlisted if c not in numeric and c not in categorical]:
-        logger.warning("not used as features: %s", ", ".join(ignored))
+        # Both lists given: leaving a column out was a choice (init's configs list it in a
+        # comment); an inferred list that skips one may be a surprise.
+        chosen = config.numeric_features is not None and config.categorical_features is not None
+        log = logger.info if chosen else logger.warning
+        log("not used as features: %s", ", ".join(ignored))
     if not numeric and not categorical:
         raise DataError(f"no feature columns in {config.path} besides the target and ids")
     return FeatureSpec(numeric=tuple(numeric), categorical=tuple(categorical))

@@ -106,7 +106,7 @@ def column_roles(frame: pd.DataFrame, target: str) -> ColumnRoles:
         elif distinct == rows and not pd.api.types.is_float_dtype(column):
             roles.ids[name] = "a different value in every row: an identifier"
         elif pd.api.types.is_bool_dtype(column) or pd.api.types.is_numeric_dtype(column):
-            roles.numeric[name] = _numeric_comment(values, distinct)
+            roles.numeric[name] = _numeric_comment(values, distinct) + _missing(column)
         elif distinct >= _TEXT_ID_MIN_DISTINCT and distinct >= _TEXT_ID_MIN_UNIQUE_RATIO * len(
             values
         ):
@@ -118,14 +118,13 @@ def column_roles(frame: pd.DataFrame, target: str) -> ColumnRoles:
 
 def _numeric_comment(values: pd.Series, distinct: int) -> str:
     whole = pd.api.types.is_integer_dtype(values) or (values == values.round()).all()
-    missing = _missing(values)
     if whole and 2 < distinct <= _CODE_MAX_DISTINCT:
         shown = ", ".join(str(v) for v in sorted(values.unique().tolist())[:6])
         return (
             f"{distinct} whole values ({shown}{', ...' if distinct > 6 else ''}): "
-            "codes? then move it to categorical_features" + missing
+            "codes? then move it to categorical_features"
         )
-    return f"{values.min():g} to {values.max():g}" + missing
+    return f"{values.min():g} to {values.max():g}"
 
 
 def _missing(column: pd.Series) -> str:

@@ -160,6 +160,10 @@ def bad_requests() -> dict[str, tuple[bytes, str, int, str]]:
             split_body(rows, params={"threshold": 1.5}), JSON, 400,
             "params.threshold must be between 0 and 1, got 1.5",
         ),
+        "top_k: 0": (
+            split_body(rows, params={"explain": True, "top_k": 0}), JSON, 400,
+            "params.top_k must be at least 1, got 0",
+        ),
         "over the row limit": (
             split_body(pd.concat([rows] * MAX_ROWS, ignore_index=True)), JSON, 400,
             f"the request has {2 * MAX_ROWS} rows; this model takes at most {MAX_ROWS}",

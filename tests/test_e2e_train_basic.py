@@ -1,6 +1,7 @@
 """End to end: the real `mlflow run . -e train_basic` on a copy of the project."""
 
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from tabular_mlops.tags import Tag
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
+from tests.test_init import trap_table
 
 pytestmark = pytest.mark.e2e
 
@@ -129,6 +131,33 @@ def test_train_basic_in_an_isolated_uv_environment(project: Path, tmp_path: Path
     run = only_run()
     assert run.info.status == "FINISHED" and run.data.metrics["roc_auc"] >= 0.83
     assert client.get_model_version_by_alias(REGISTERED, ALIAS).run_id == run.info.run_id
+
+
+def test_your_own_table_from_init_to_a_registered_model(project: Path, tmp_path: Path) -> None:
+    """The README's "Your own table": `init` on a table the project never saw, then
+    train_basic on the config it wrote, no YAML edited."""
+    table = tmp_path / "Credit Risk.csv"
+    trap_table().to_csv(table, sep=";", index=False, encoding="cp1252")
+    init = subprocess.run(
+        [sys.executable, "-m", "tabular_mlops.init", str(table), "--target", "Status",
+         "--positive-label", "bad", "--positive-label", "unknown"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    assert (project / "config" / "credit-risk.yaml").is_file()
+    store = new_store(tmp_path)
+    result = mlflow_run(
+        project, store, ENTRY_POINT, "config=config/credit-risk.yaml", experiment="credit-risk"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WARNING" not in result.stderr
+    client = use_store(store)
+    (run,) = mlflow.search_runs(experiment_names=["credit-risk"], output_format="list")
+    assert run.info.status == "FINISHED" and run.info.run_name == "train_basic credit-risk.yaml"
+    assert run.data.metrics["roc_auc"] > 0.5
+    version = client.get_model_version_by_alias("credit-risk-classifier", "latest-model")
+    assert version.run_id == run.info.run_id
+    assert [model.name for model in client.search_registered_models()] == ["credit-risk-classifier"]
 
 
 @pytest.fixture(scope="module")
