@@ -86,12 +86,10 @@ def log_f1_threshold_metrics(
     out-of-fold predictions of the training split (`f1_threshold`). At 0.5 they say
     little on imbalanced data: on a table with 5% positives nothing may cross 0.5, and
     F1 reads 0 for a model that ranks well."""
-    tuned = thresholds.tune_threshold(
-        pipeline, X_train, y_train, DecisionConfig(objective="f1"), seed
-    )
+    threshold = thresholds.f1_threshold(pipeline, X_train, y_train, DecisionConfig().cv_folds, seed)
     probability = pipeline.predict_proba(X_test)[:, 1]
-    at = thresholds.decision_metrics(y_test, probability, tuned.threshold, CostMatrix())
-    metrics = {F1_THRESHOLD: tuned.threshold} | {
+    at = thresholds.decision_metrics(y_test, probability, threshold, CostMatrix())
+    metrics = {F1_THRESHOLD: threshold} | {
         f"{name}{AT_F1_THRESHOLD}": at[name]
         for name in ("f1_score", "precision_score", "recall_score")
     }

@@ -7,7 +7,11 @@ import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.metrics import f1_score, make_scorer, precision_score, recall_score
-from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
+from sklearn.model_selection import (
+    StratifiedKFold,
+    TunedThresholdClassifierCV,
+    cross_val_predict,
+)
 from sklearn.pipeline import Pipeline
 
 from tabular_mlops.config import CostMatrix, DecisionConfig
@@ -68,6 +72,24 @@ def tune_threshold(
         objective=decision.objective,
         cv_score=-score if decision.objective == "cost" else score,
     )
+
+
+def f1_threshold(pipeline: Pipeline, X: pd.DataFrame, y: pd.Series, folds: int, seed: int) -> float:
+    """The candidate threshold with the best F1 on out-of-fold probabilities of `X`
+    (`pipeline`'s settings, refit per fold), all candidates scored at once: under half
+    `tune_threshold`'s time, whose scorer checks its inputs per candidate and fold."""
+    probability = cross_val_predict(
+        clone(pipeline),
+        X,
+        y,
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+        method="predict_proba",
+    )[:, 1]
+    actual = y.to_numpy().astype(bool)
+    decided = probability[np.newaxis, :] >= CANDIDATES[:, np.newaxis]
+    tp = (decided & actual).sum(axis=1)
+    wrong = (decided != actual).sum(axis=1)  # false positives and false negatives
+    return float(CANDIDATES[np.argmax(2 * tp / np.maximum(2 * tp + wrong, 1))])
 
 
 def decision_metrics(

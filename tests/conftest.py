@@ -46,6 +46,33 @@ E2E_EXPERIMENT = "churn"  # what the README passes to `mlflow run --experiment-n
 SERVICE_URI = "models:/churn-service@champion"  # what `custom_model` registers
 
 
+# The slowest modules, slowest first (`--durations` of a whole run). The suite runs in two
+# processes that each take a whole module at a time, in collection order: handing out
+# the longest first keeps both busy to the end, where collection (file) order left one
+# process alone with the team stack for minutes.
+SLOWEST_MODULES = (
+    "test_e2e_main",
+    "test_e2e_stack",
+    "test_faults",
+    "test_e2e_batch_score",
+    "test_e2e_custom_model",
+    "test_e2e_train_basic",
+    "test_e2e_track",
+    "test_e2e_register",
+    "test_custom_model",
+    "test_register",
+    "test_track",
+    "test_e2e_interrupts",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules by the cost above (the rest after, in file order); tests within a module
+    keep their order (some build on each other)."""
+    rank = {name: position for position, name in enumerate(SLOWEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+
+
 @cache
 def _churn_frame() -> pd.DataFrame:
     return pd.read_csv(CHURN_CSV)

@@ -35,9 +35,12 @@ def main():
         with nested, interrupts.run_ends_killed(nested.info.run_id):
             made = mlflow.MlflowClient().create_run(run.info.experiment_id)
             with interrupts.run_ends_killed(made.info.run_id):
-                print(run.info.run_id, nested.info.run_id, made.info.run_id, flush=True)
+                ids = f"{run.info.run_id} {nested.info.run_id} {made.info.run_id}"
                 while True:
-                    try:
+                    try:  # ready only once inside: a signal can come as soon as it prints
+                        if ids:
+                            print(ids, flush=True)
+                            ids = ""
                         time.sleep(0.05)
                     except KeyboardInterrupt:
                         if mode == "sleep":
