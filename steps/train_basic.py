@@ -103,8 +103,8 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         registry.move_alias(name, alias, version.version)
         # Run alone (scripts/train.sh), keyed as `main` would run it: `main` then reuses it.
         given = {
-            name: config.overrides[key]
-            for name, key in OVERRIDES.items()
+            parameter: config.overrides[key]
+            for parameter, key in OVERRIDES.items()
             if key in config.overrides
         }
         chain.key_run_alone(
