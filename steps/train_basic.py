@@ -102,14 +102,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         )
         registry.move_alias(name, alias, version.version)
         # Run alone (scripts/train.sh), keyed as `main` would run it: `main` then reuses it.
-        given = {
-            parameter: config.overrides[key]
-            for parameter, key in OVERRIDES.items()
-            if key in config.overrides
-        }
-        chain.key_run_alone(
-            ENTRY_POINT, {"config": config.source} | given, config.source, table.digest
-        )
+        chain.key_run_alone(ENTRY_POINT, OVERRIDES, config, table.digest)
         rows = config.tracking.prediction_sample_rows
         evaluation.log_sample_predictions(
             registry.alias_uri(name, alias),

@@ -37,6 +37,7 @@ from mlflow.utils.mlflow_tags import (
 )
 
 from tabular_mlops import interrupts, registry, tracking
+from tabular_mlops.config import ProjectConfig
 from tabular_mlops.errors import StepFailedError
 from tabular_mlops.tags import Tag
 
@@ -258,27 +259,34 @@ def run_step(
 
 
 def key_run_alone(
-    entry_point: str, parameters: Mapping[str, Any], config_path: Path, dataset_digest: str
+    entry_point: str, overrides: Mapping[str, str], config: ProjectConfig, dataset_digest: str
 ) -> None:
     """Give the active run, a step with no upstream step (train_basic) run on its own, the
     cache key `main` would give it, so that a later `main` with the same inputs reuses it
-    instead of registering an identical version. Not for a run `main` started (it keys
-    its own), nor on uncommitted code."""
+    instead of registering an identical version. `overrides` maps the step's parameters to
+    the settings they override. Not for a run `main` started (it keys its own), nor on
+    uncommitted code."""
     run = mlflow.active_run()
     if run is None or MLFLOW_PARENT_RUN_ID in run.data.tags:
         return
     git = tracking.git_tags(Path.cwd())
     if not git or git[Tag.GIT_DIRTY] == "true":
         return
+    given = {
+        parameter: config.overrides[key]
+        for parameter, key in overrides.items()
+        if key in config.overrides
+    }
     context = ChainContext(
         project_dir=Path.cwd(),
         experiment_id=run.info.experiment_id,
         env_manager=LOCAL_ENV_MANAGER,  # not part of the key
         git_commit=git[Tag.GIT_COMMIT],
-        config_sha256=file_sha256(config_path),
+        config_sha256=file_sha256(config.source),
         dataset_digest=dataset_digest,
     )
-    if key := cache_key(StepCall(entry_point, parameters), context):
+    call = StepCall(entry_point, {"config": config.source} | given)
+    if key := cache_key(call, context):
         mlflow.set_tag(Tag.CACHE_KEY, key)
 
 

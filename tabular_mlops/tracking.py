@@ -54,7 +54,7 @@ INPUT_EXAMPLE_ROWS = 5
 SCHEMA_SAMPLE_ROWS = 1000
 # The tag MLflow's UI shows as an experiment's (or run's) description.
 DESCRIPTION_TAG = "mlflow.note.content"
-# The tag MLflow's UI opens an experiment by (its JavaScript's ExperimentKind values).
+# The experiment type MLflow's UI reads (its JavaScript's ExperimentKind values).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 CUSTOM_MODEL_DEVELOPMENT = "custom_model_development"
 
@@ -155,8 +155,8 @@ def finished_run(run_id: str, error: type[UserInputError] = UserInputError) -> R
 def describe_experiment(experiment_id: str, tracking: TrackingConfig) -> None:
     """Give the experiment the config's description (shown in the UI) and tags."""
     client = mlflow.MlflowClient()
-    # Without it, MLflow's UI guesses the experiment's kind and may open it on its GenAI
-    # pages (traces) instead of its training runs.
+    # The experiment's type in MLflow's UI (otherwise inferred). In 3.17 it does not choose
+    # the page the UI opens on: a per-browser setting does (see descriptions.runs_page).
     tags = {EXPERIMENT_KIND_TAG: CUSTOM_MODEL_DEVELOPMENT} | dict(tracking.experiment_tags)
     if tracking.experiment_description:
         tags[DESCRIPTION_TAG] = tracking.experiment_description
