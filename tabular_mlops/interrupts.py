@@ -51,6 +51,7 @@ _launched_by: str | None = None  # the run `mlflow run` opened for this process
 _restorer: int | None = None  # pid of the process _keep_launched_run_killed started
 _first: "Interrupted | None" = None  # the first signal, as raised
 _caught = threading.Event()  # set once our code caught it: the unwinding is under way
+_handling_first = threading.Event()  # the first signal's handler is at work
 
 
 class Interrupted(KeyboardInterrupt):
@@ -82,15 +83,21 @@ def _on_signal(signum: int, frame: object) -> None:
     global _first
     if _first is None:
         _first = Interrupted(signum)
-        # At once: our group's signal misses a child that leads its own group (the
-        # isolated check) or ignores it (Spark's JVM ignores SIGINT), and a thread waiting
-        # on one would hold the unwinding. SIGTERM, so that a step `main` launched can end
-        # its runs too.
-        _signal_children(signal.SIGTERM)
-        _keep_launched_run_killed()
+        # The watchdog first: a second signal (Ctrl-C reaches us, then `mlflow run`'s
+        # SIGTERM) runs this handler again, nested, while this one is still at work.
         threading.Thread(target=_watch_the_unwinding, args=(signum,), daemon=True).start()
+        _handling_first.set()
+        try:
+            # At once: our group's signal misses a child that leads its own group (the
+            # isolated check) or ignores it (Spark's JVM ignores SIGINT), and a thread
+            # waiting on one would hold the unwinding. SIGTERM, so that a step `main`
+            # launched can end its runs too.
+            _signal_children(signal.SIGTERM)
+            _keep_launched_run_killed()
+        finally:
+            _handling_first.clear()
         raise _first
-    if not _caught.is_set():
+    if not _caught.is_set() and not _handling_first.is_set():
         # The first one was swallowed (raised where a library catches everything, or in a
         # destructor): again, as the first. Once our code caught it, signals are ignored:
         # they must not cut the ending of runs short.

@@ -196,7 +196,9 @@ class CrossValidation:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cv-fold")
 
     def close(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
+        # Without waiting: interrupted, a fold may still be training (its thread is left
+        # to the process's exit); otherwise every fold has finished.
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def score(self, trial: optuna.Trial, classifier: LGBMClassifier) -> TrialScore:
         upcoming = iter(self.folds)
@@ -289,8 +291,9 @@ def tune(
             run_name=f"trial-{trial.number:03d}",
             tags=trial_tags | {TRIAL_TAG: str(trial.number)},
         )
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        # Until it is ended, an interrupt (even during the logging) ends the run KILLED.
         with interrupts.run_ends_killed(run.info.run_id):
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
                 classifier = build_classifier(
                     config.model.with_values(params), config.split.seed, threads.model_threads
@@ -299,15 +302,15 @@ def tune(
             except Exception:
                 client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FAILED))
                 raise
-        now = int(time.time() * 1000)
-        state = _PRUNED if result.pruned else _COMPLETE
-        client.log_batch(
-            run.info.run_id,
-            metrics=[Metric(name, value, now, 0) for name, value in result.metrics.items()],
-            params=[Param(name, str(value)) for name, value in params.items()],
-            tags=[RunTag(TRIAL_STATE_TAG, state.name)],
-        )
-        client.set_terminated(run.info.run_id)
+            now = int(time.time() * 1000)
+            state = _PRUNED if result.pruned else _COMPLETE
+            client.log_batch(
+                run.info.run_id,
+                metrics=[Metric(name, value, now, 0) for name, value in result.metrics.items()],
+                params=[Param(name, str(value)) for name, value in params.items()],
+                tags=[RunTag(TRIAL_STATE_TAG, state.name)],
+            )
+            client.set_terminated(run.info.run_id)
         for name, value in result.metrics.items():
             trial.set_user_attr(name, value)
         if result.pruned:

@@ -21,12 +21,24 @@ END_WITHIN_SECONDS = 5.0
 # Opens a run, a nested run and a run made with the client (as a trial is), then waits in
 # `wait` mode: `sleep` (interruptible), `swallow_once` (a library eats the first
 # KeyboardInterrupt: it is raised again) or `swallow` (it eats them all, so that only the
-# watchdog can end the process). Prints the run ids when ready.
+# watchdog can end the process). With `twice`, a second signal comes while the first one's
+# handler is at work (as `mlflow run`'s SIGTERM follows a Ctrl-C). Prints the run ids when
+# ready.
 _PROCESS = """
-import sys, time
+import os, signal, sys, time
 from tabular_mlops import interrupts, processes
 interrupts.install()
 import mlflow
+
+if "twice" in sys.argv[2:]:
+    signal_children = interrupts._signal_children
+
+    def signalled_again(signum):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the second handler runs here, nested
+        signal_children(signum)
+
+    interrupts._signal_children = signalled_again
 
 def main():
     mode = sys.argv[1]
@@ -90,12 +102,13 @@ def _gone(pid: int) -> bool:
         (signal.SIGINT, "sleep"),
         (signal.SIGHUP, "swallow_once"),
         (signal.SIGTERM, "swallow"),
+        (signal.SIGINT, "swallow twice"),
     ],
 )
 def test_a_signal_ends_every_open_run_killed_and_the_process(
     tmp_path: Path, signum: signal.Signals, mode: str
 ) -> None:
-    process = _start(tmp_path, _PROCESS, mode)
+    process = _start(tmp_path, _PROCESS, *mode.split())
     run_ids = process.stdout.readline().split()
     assert len(run_ids) == 3, "the process did not start its runs"
 
@@ -106,7 +119,7 @@ def test_a_signal_ends_every_open_run_killed_and_the_process(
 
     assert code == 128 + signum
     assert seconds < END_WITHIN_SECONDS
-    if mode == "swallow":  # only the watchdog could end it, after its grace
+    if mode.split()[0] == "swallow":  # only the watchdog could end it, after its grace
         assert seconds >= interrupts.GRACE_SECONDS
     else:  # raised again if swallowed, it unwound: no watchdog
         assert seconds < interrupts.GRACE_SECONDS
