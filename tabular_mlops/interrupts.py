@@ -11,8 +11,10 @@ KeyboardInterrupt), a watchdog thread ends the runs and the process itself.
 step would go on as an orphan. So a step also asks the kernel for SIGTERM when its parent
 dies (Linux), and reports that as SIGTERM. On SIGINT, `mlflow run` outlives its step and
 then marks the step's run FAILED over our KILLED (MLflow 3.x's `_maybe_set_run_terminated`
-compares a status name with status numbers, so it always overwrites): a small process
-started by the step waits for `mlflow run` to end and puts KILLED back.
+compares a status name with status numbers, so it always overwrites): as the step exits,
+a fork of it waits for `mlflow run` to end and puts KILLED back. A fork, not a new
+process: importing MLflow again took 2 s, and more than the 5 s a stop is given on a
+loaded machine.
 
 Import-light on purpose (no MLflow at import): `steps` installs it before importing
 anything else.
@@ -24,7 +26,6 @@ import ctypes
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 _open_runs: list[str] = []  # runs this process opened and has not ended, innermost last
 _open_runs_lock = threading.Lock()
 _launched_by: str | None = None  # the run `mlflow run` opened for this process
-_restorer: int | None = None  # pid of the process _keep_launched_run_killed started
 _first: "Interrupted | None" = None  # the first signal, as raised
 _caught = threading.Event()  # set once our code caught it: the unwinding is under way
 _handling_first = threading.Event()  # the first signal's handler is at work
@@ -93,7 +93,6 @@ def _on_signal(signum: int, frame: object) -> None:
             # waiting on one would hold the unwinding. SIGTERM, so that a step `main`
             # launched can end its runs too.
             _signal_children(signal.SIGTERM)
-            _keep_launched_run_killed()
         finally:
             _handling_first.clear()
         raise _first
@@ -105,11 +104,8 @@ def _on_signal(signum: int, frame: object) -> None:
 
 
 def _signal_children(signum: signal.Signals) -> None:
-    """Send `signum` to each child process of ours (to its group, if it leads one), the
-    restorer excepted."""
+    """Send `signum` to each child process of ours (to its group, if it leads one)."""
     for pid in processes.children(os.getpid()):
-        if pid == _restorer:
-            continue
         with contextlib.suppress(OSError):
             if os.getpgid(pid) == pid:
                 os.killpg(pid, signum)
@@ -182,16 +178,27 @@ def _runs_to_end() -> list[str]:
     return runs + ([launched_by] if launched_by and launched_by not in runs else [])
 
 
-def _keep_launched_run_killed() -> None:
+def _leave_a_restorer() -> None:
     """If the `mlflow run` (or `mlflow.run`) that launched this process is alive, it will
-    mark our run FAILED once we exit: start a process that puts KILLED back after it.
-    Started at the signal, so that its start-up overlaps our unwinding."""
-    global _restorer
+    mark our run FAILED once we exit: fork a process that puts KILLED back after it."""
     parent = os.getppid()
     if _launched_by is None or parent == 1 or not processes.is_alive(parent):
         return
-    command = [sys.executable, "-m", __name__, str(parent), _launched_by]
-    _restorer = subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL).pid
+    if os.fork() > 0:
+        return
+    # The fork: the thread that called us, MLflow already imported. Out of the group's
+    # reach (a second Ctrl-C), with no handler of ours.
+    os.setsid()
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    code = 0
+    try:
+        _restore_killed(parent, _launched_by)
+    except Exception as error:
+        logger.warning("could not mark run %s KILLED again: %s", _launched_by, error)
+        code = 1
+    finally:
+        _exit_now(code, restorer=False)
 
 
 def _restore_killed(parent: int, run_id: str) -> None:
@@ -201,6 +208,11 @@ def _restore_killed(parent: int, run_id: str) -> None:
 
     from tabular_mlops.tags import Tag
 
+    # A SQL store's connections are the exiting process's: new ones, without closing those
+    # (a REST store's session is made per process already).
+    if sql_store := sys.modules.get("mlflow.store.tracking.sqlalchemy_store"):
+        for engine in list(sql_store.SqlAlchemyStore._engine_map.values()):
+            engine.dispose(close=False)
     deadline = time.monotonic() + RESTORE_WAIT_SECONDS
     while processes.is_alive(parent) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -241,17 +253,15 @@ def _where_main_thread_is() -> str:
     )
 
 
-def _exit_now(code: int) -> NoReturn:
-    logging.shutdown()
+def _exit_now(code: int, restorer: bool = True) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    if restorer:
+        _leave_a_restorer()
+    logging.shutdown()
     os._exit(code)
 
 
 def _signal_name(stop: KeyboardInterrupt) -> str:
     return stop.signal_name if isinstance(stop, Interrupted) else signal.SIGINT.name
-
-
-if __name__ == "__main__":  # started by _keep_launched_run_killed
-    _restore_killed(int(sys.argv[1]), sys.argv[2])
