@@ -1,6 +1,7 @@
 """How each entry point ends when `mlflow run` is stopped by a signal.
 
     python -m bench.interrupts [--signals SIGTERM,SIGINT,SIGHUP] [--cases track,main,...]
+                               [--repeat N] [--under-load]
 
 In a clone of HEAD with a temporary store: a chain runs once (so that `register`,
 `custom_model` and `batch_score` have something to work on), then for each entry point
@@ -15,6 +16,7 @@ SIGTERM from the kernel, see tabular_mlops.interrupts). The tests use `interrupt
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -214,19 +216,23 @@ def _cases(candidate_run: str, scoring_input: Path) -> dict[str, tuple[str, list
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.lifecycle import fresh_clone
+    from bench.lifecycle import competing_load, fresh_clone
     from tabular_mlops.cli import configure_logging
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--signals", default="SIGTERM,SIGINT,SIGHUP")
     parser.add_argument("--repeat", type=int, default=1, help="each case and signal")
     parser.add_argument(
+        "--under-load", action="store_true", help="beside another job using every core"
+    )
+    parser.add_argument(
         "--cases",
         default="train_basic,track,register,custom_model,batch_score,batch_score (spark),main",
     )
     args = parser.parse_args(argv)
     configure_logging()
-    with fresh_clone() as clone:
+    with contextlib.ExitStack() as stack:
+        clone = stack.enter_context(fresh_clone())
         clone.mlflow_run("-P", "n_trials=5")  # a chain: a champion, a custom model
         clone.mlflow_run("-e", "track", "-P", "n_trials=5")  # a candidate for register
         candidate = clone.newest_run("track").info.run_id
@@ -235,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         pd.concat([table] * 200).to_parquet(scoring_input)
         cases = _cases(candidate, scoring_input)
         rows = []
+        load = competing_load() if args.under_load else contextlib.nullcontext()
+        stack.enter_context(load)
         for label in args.cases.split(","):
             step, parameters, ready = cases[label]
             for name in args.signals.split(",") * args.repeat:
