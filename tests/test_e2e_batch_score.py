@@ -15,15 +15,16 @@ import pyarrow.parquet as pq
 import pytest
 from tabular_custom_model import ChurnModel
 
-from steps import batch_score
+from steps import batch_score, custom_model, train_basic
+from tabular_mlops.config import load_config
 from tabular_mlops.tags import Tag
 from tests.conftest import (
     CHURN_CONFIG,
+    CHURN_CSV,
     churn_frame,
     leave_no_run_behind,
     missing_tool,
     mlflow_run,
-    new_store,
     point_mlflow_at,
     use_store,
 )
@@ -47,13 +48,23 @@ class Scoring:
 @pytest.fixture(scope="module")
 def scoring(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Scoring:
     folder = tmp_path_factory.mktemp("batch")
-    store = new_store(folder)
-    for step, parameters in (
-        ("train_basic", ["n_estimators=60"]),
-        ("custom_model", ["check_env_manager=none"]),  # the isolated check has its own test
-    ):
-        done = mlflow_run(project, store, step, *parameters)
-        assert done.returncode == 0, done.stderr[-3000:]
+    # The model to score with, made in this process: `mlflow run` of the steps that make
+    # it is tested in their own modules (the isolated check too).
+    config = load_config(
+        CHURN_CONFIG,
+        {
+            "data.path": str(CHURN_CSV),
+            "model.n_estimators": 60,
+            "custom_model.package_dir": str(project / "custom_model"),
+            "custom_model.wheel_dir": str(folder / "wheels"),
+            "custom_model.check_env_manager": "none",
+        },
+    )
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        store = point_mlflow_at(folder, monkeypatch)
+        train_basic.train_basic(config)
+        custom_model.custom_model(config)
+        leave_no_run_behind()
     rows = rows_to_score()
     parts = folder / "parts"
     parts.mkdir()
@@ -202,7 +213,10 @@ def test_the_spark_engine_reads_a_csv_and_explains_as_the_model_does(
     csv, output = tmp_path / "rows.csv", tmp_path / "scores"
     rows.to_csv(csv, index=False, na_rep="NA")
     args = ["--input", str(csv), "--output", str(output), "--engine", "spark"]
-    assert score_in_process(scoring, monkeypatch, *args, "--explain", "true") == 0
+    try:
+        assert score_in_process(scoring, monkeypatch, *args, "--explain", "true") == 0
+    finally:
+        stop_spark_jvm()
     use_store(scoring.store)
     written = pd.read_parquet(output)
     assert_same_answers(written, in_process_answers(rows, {"explain": True}))
@@ -240,6 +254,21 @@ def score_in_process(scoring: Scoring, monkeypatch: pytest.MonkeyPatch, *argv: s
         return batch_score.main(["--config", str(CHURN_CONFIG), *argv])
     finally:
         leave_no_run_behind()
+
+
+def stop_spark_jvm() -> None:
+    """The step stops its session, not the JVM behind it (a process of its own, started
+    by PySpark once per Python process): in this test process it would idle, using CPU,
+    to the end of the suite. It ends when its stdin closes."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    gateway.proc.stdin.close()
+    gateway.proc.wait(timeout=30)
+    SparkContext._gateway = SparkContext._jvm = None
 
 
 def test_missing_columns_are_named_before_spark_starts(
