@@ -13,8 +13,8 @@ dies (Linux), and reports that as SIGTERM. On SIGINT, `mlflow run` outlives its 
 then marks the step's run FAILED over our KILLED (MLflow 3.x's `_maybe_set_run_terminated`
 compares a status name with status numbers, so it always overwrites): as the step exits,
 a fork of it waits for `mlflow run` to end and puts KILLED back. A fork, not a new
-process: importing MLflow again took 2 s, and more than the 5 s a stop is given on a
-loaded machine.
+process: a new one imported MLflow again, 2 s, and on a loaded machine more than the 5 s
+a stop is given.
 
 Import-light on purpose (no MLflow at import): `steps` installs it before importing
 anything else.
@@ -258,7 +258,10 @@ def _exit_now(code: int, restorer: bool = True) -> NoReturn:
         with contextlib.suppress(Exception):
             stream.flush()
     if restorer:
-        _leave_a_restorer()
+        try:
+            _leave_a_restorer()
+        except OSError as error:  # no fork (a process limit): exit all the same
+            logger.warning("could not leave a process to mark the run KILLED: %s", error)
     logging.shutdown()
     os._exit(code)
 
