@@ -28,6 +28,7 @@ import yaml
 from mlflow.models.model import ModelInfo
 
 from bench.servers import free_port, free_port_block, model_server
+from tabular_mlops.config import ProjectConfig, load_config
 from tabular_mlops.stack import (
     ADMIN,
     ADMIN_PASSWORD_VARIABLE,
@@ -86,6 +87,11 @@ def no_fake_dbutils_left(request: pytest.FixtureRequest) -> Iterator[None]:
     if type(module).__name__ == "MockDbutils":
         del sys.modules["dbutils"]
         warnings.warn(f"{request.node.nodeid} left MLflow's fake dbutils module", stacklevel=1)
+
+
+def shipped_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
+    """The shipped config, as `mlflow run` from the project gives it."""
+    return load_config(CHURN_CONFIG, {"data.path": str(CHURN_CSV)} | (overrides or {}))
 
 
 @cache

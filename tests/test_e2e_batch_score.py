@@ -16,16 +16,15 @@ import pytest
 from tabular_custom_model import ChurnModel
 
 from steps import batch_score, custom_model, train_basic
-from tabular_mlops.config import load_config
 from tabular_mlops.tags import Tag
 from tests.conftest import (
     CHURN_CONFIG,
-    CHURN_CSV,
     churn_frame,
     leave_no_run_behind,
     missing_tool,
     mlflow_run,
     point_mlflow_at,
+    shipped_config,
     use_store,
 )
 
@@ -50,15 +49,13 @@ def scoring(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Scoring:
     folder = tmp_path_factory.mktemp("batch")
     # The model to score with, made in this process: `mlflow run` of the steps that make
     # it is tested in their own modules (the isolated check too).
-    config = load_config(
-        CHURN_CONFIG,
+    config = shipped_config(
         {
-            "data.path": str(CHURN_CSV),
             "model.n_estimators": 60,
             "custom_model.package_dir": str(project / "custom_model"),
             "custom_model.wheel_dir": str(folder / "wheels"),
             "custom_model.check_env_manager": "none",
-        },
+        }
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
         store = point_mlflow_at(folder, monkeypatch)

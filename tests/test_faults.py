@@ -18,7 +18,6 @@ import pytest
 
 from steps import register, train_basic
 from tabular_mlops import registry
-from tabular_mlops.config import ProjectConfig, load_config
 from tabular_mlops.faults import FAULT_ENV, FaultPoint
 from tabular_mlops.promotion import Verdict
 from tabular_mlops.tags import Tag
@@ -30,6 +29,7 @@ from tests.conftest import (
     leave_no_run_behind,
     mlflow_run,
     point_mlflow_at,
+    shipped_config,
     users_environment,
 )
 from tests.test_alias_moves import moves_in_some_order
@@ -41,11 +41,6 @@ CHAMPION, PREVIOUS = "champion", "previous-champion"
 CHAIN = ("n_trials=2", "check_env_manager=none")
 ROUNDS = 5
 KILLED = -9  # the return code of a process ended by SIGKILL
-
-
-def shipped_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
-    """The shipped config, as `mlflow run` from the project gives it."""
-    return load_config(CHURN_CONFIG, {"data.path": str(CHURN_CSV)} | (overrides or {}))
 
 
 def fault(point: FaultPoint) -> dict[str, str]:
