@@ -7,6 +7,7 @@ fitted pipeline, encode a row in about 0.1 ms. The results are the pipeline's
 (tests compare them on the whole test split).
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+
+from tabular_custom_model.inputs import column_arrays
 
 # Codes of a categorical value that has no one-hot column; both encode as all zeros, as
 # the pipeline's OneHotEncoder(handle_unknown="ignore") does.
@@ -103,11 +106,13 @@ class FeatureEncoder:
         return sources
 
     def encode(self, frame: pd.DataFrame) -> Encoded:
-        arrays = _column_arrays(frame)
+        return self.encode_arrays(column_arrays(frame), len(frame))
+
+    def encode_arrays(self, arrays: Mapping[str, Any], rows: int) -> Encoded:
+        """The same from the input columns' arrays (see inputs.InputSpec.arrays)."""
         absent = [column for column in self.input_columns if column not in arrays]
         if absent:
             raise MlflowException.invalid_parameter_value(f"missing input columns: {absent}")
-        rows = len(frame)
         matrix = np.zeros((rows, self.width))
         for column, position in self._numeric.items():
             matrix[:, position] = _floats(arrays[column], column)
@@ -145,14 +150,6 @@ def _imputed_one_hot(name: str, transformer: Any) -> tuple[Any, OneHotEncoder]:
             "by OneHotEncoder(handle_unknown='ignore')"
         )
     return fills.pop(), encoder
-
-
-def _column_arrays(frame: pd.DataFrame) -> dict[Any, Any]:
-    # `frame[name]` builds a Series, about 17 us each on pandas 3: a third of the time a
-    # single row may take. pandas' own column iterator hands out the arrays without it.
-    iterate = getattr(frame, "_iter_column_arrays", None)
-    arrays = iterate() if iterate else (frame[column].array for column in frame.columns)
-    return dict(zip(frame.columns.tolist(), arrays, strict=True))
 
 
 def _floats(values: Any, column: str) -> np.ndarray:

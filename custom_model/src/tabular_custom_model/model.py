@@ -11,6 +11,10 @@ through the sklearn pipeline: identical results, a fraction of the time. The ans
 columnar, a dict of equal-length lists: the scoring server turns it into JSON several
 times faster than a DataFrame's records (1.9 ms against 13 ms at 1000 rows).
 
+Input rows are read as `inputs.InputSpec` says (whole numbers as ints or floats, missing
+values, numeric text), since MLflow's signature types cannot accept both forms of a
+whole-number column; see inputs.py.
+
 Nothing here is pickled: MLflow builds the model from `model_code.py` (models from code),
 the pipeline is loaded from its skops-saved sklearn-flavor artifact, and the settings come
 from the logged `model_config`.
@@ -29,6 +33,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array, Object, Property
 
 from tabular_custom_model.encoding import FeatureEncoder
+from tabular_custom_model.inputs import InputSpec
 
 PIPELINE_ARTIFACT = "pipeline"
 # Written by MLflow next to MLmodel when a model is loaded by a registry URI.
@@ -46,6 +51,8 @@ class Setting:
     TOP_K = "top_k"
     # Larger requests are refused: one request must not hold the server for long.
     MAX_ROWS = "max_rows"
+    # The input columns, in MLflow's schema JSON (see inputs.py).
+    INPUT_SCHEMA = "input_schema"
 
 
 class Output:
@@ -80,6 +87,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         self._band_labels = np.asarray(settings[Setting.RISK_BAND_LABELS], dtype=object)
         self._top_k = int(settings[Setting.TOP_K])
         self._max_rows = int(settings[Setting.MAX_ROWS])
+        self._input_spec = InputSpec.from_schema(settings[Setting.INPUT_SCHEMA])
         sources = self._encoder.encoded_column_sources()
         self._inputs = list(dict.fromkeys(sources))
         # Sums each input column's encoded contributions: (encoded columns x input columns).
@@ -96,14 +104,14 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> dict[str, list[Any]]:
         threshold, explain, top_k = self._request_settings(params or {})
-        rows = len(model_input)
+        columns, rows = self._input_spec.arrays(model_input)
         if rows > self._max_rows:
             raise MlflowException(
                 f"the request has {rows} rows; this model takes at most {self._max_rows} "
                 "per request (custom_model.max_rows)",
                 INVALID_PARAMETER_VALUE,
             )
-        encoded = self._encoder.encode(model_input)
+        encoded = self._encoder.encode_arrays(columns, rows)
         # LightGBM refuses an empty matrix; an empty request gets an empty answer.
         probability = self._booster.predict(encoded.matrix) if rows else np.empty(0)
         band = np.searchsorted(self._band_cuts, probability, side="right")
