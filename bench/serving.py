@@ -7,8 +7,8 @@ shipped churn config (`train_basic`), wraps it (`custom_model`, without the isol
 check), logs a no-op pyfunc with the custom model's signature, then measures
 
 - in process, one row and 10,000 rows per call: (a) the sklearn pipeline's
-  `predict_proba`, (b) the stock sklearn-flavor pyfunc, (c) the custom model's own
-  `predict` (and, for reference, through the pyfunc with MLflow's schema enforcement),
+  `predict_proba`, (b) the pipeline's pyfunc face, (c) the custom model's own
+  `predict` (and, for reference, through the pyfunc reading its input rows),
   (d) the booster on rows already encoded: the floor;
 - over HTTP, each model behind `mlflow models serve --env-manager local` (one worker, on
   loopback): single-row p50/p99 and requests/s at concurrency 1 and 8, and rows/s for
@@ -115,9 +115,9 @@ def in_process(models: Models, rows: pd.DataFrame, big: pd.DataFrame, rounds: in
     encoded_big = pipeline[:-1].transform(big)
     names = {
         "pipeline": "(a) sklearn pipeline predict_proba",
-        "stock": "(b) stock sklearn-flavor pyfunc predict",
+        "stock": "(b) the pipeline's pyfunc predict (inputs read, then the pipeline)",
         "custom": "(c) custom model's own predict",
-        "custom_pyfunc": "    the same through the pyfunc (schema enforcement)",
+        "custom_pyfunc": "    the same through the pyfunc",
         "encode": "    of which: encoding the rows",
         "booster": "(d) booster on encoded rows (floor)",
     }
@@ -330,8 +330,8 @@ def bench_config(directory: Path) -> ProjectConfig:
         PROJECT_DIR / DEFAULT_CONFIG_PATH,
         {
             "data.path": str(PROJECT_DIR / "data" / "wa_churn.csv"),
-            "custom_model.package_dir": str(PROJECT_DIR / "custom_model"),
-            "custom_model.wheel_dir": str(directory / "wheels"),
+            "model_code.package_dir": str(PROJECT_DIR / "custom_model"),
+            "model_code.wheel_dir": str(directory / "wheels"),
             "custom_model.check_env_manager": "none",
         },
     )

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.models import Model
 
 from tabular_mlops import data, descriptions, interrupts, packaging, registry, tracking
 from tabular_mlops.chain import env_manager_of
@@ -68,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomModelResult:
     # Heavy (sklearn, LightGBM): imported when the step runs (see train_basic).
-    from tabular_mlops import evaluation, thresholds, wrapper
+    from tabular_mlops import evaluation, pipeline_flavor, thresholds, wrapper
 
     custom = config.require_custom_model()
     name = custom.registered_model_name
@@ -82,7 +83,7 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
         )
         mlflow.set_tag(Tag.SOURCE_MODEL_URI, source_uri)
         registry.refuse_pickled(source_uri, config.trust.allow_pickle)
-        pipeline_dir = Path(scratch) / wrapper.PIPELINE_ARTIFACT
+        pipeline_dir = Path(scratch) / pipeline_flavor.PIPELINE_ARTIFACT
         pipeline_dir.mkdir()
         mlflow.artifacts.download_artifacts(source_uri, dst_path=str(pipeline_dir))
         pipeline = mlflow.sklearn.load_model(str(pipeline_dir))
@@ -107,12 +108,11 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
             ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()),
         )
 
-        wheel = packaging.build_wheel(custom.package_dir, custom.wheel_dir)
-        mlflow.set_tag(Tag.WHEEL, wheel.name)
-        settings = wrapper.model_config(tuned.threshold, custom)
-        info = wrapper.log_wrapped_model(
-            pipeline_dir, settings, custom, wheel, config.tracking.model_name
-        )
+        code = packaging.ShippedCode.build(config.model_code)
+        mlflow.set_tag(Tag.WHEEL, code.wheel.name)
+        inputs = pipeline_flavor.declared_inputs(Model.load(pipeline_dir))
+        settings = wrapper.model_config(tuned.threshold, custom, inputs)
+        info = wrapper.log_wrapped_model(pipeline_dir, settings, code, config.tracking.model_name)
         mlflow.set_tag(Tag.MODEL_URI, info.model_uri)
 
         version = registry.register_run_model(

@@ -5,7 +5,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from tabular_mlops import data, interrupts, tracking
+from tabular_mlops import data, interrupts, packaging, tracking
 from tabular_mlops.cli import (
     boolean,
     config_parser,
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackResult:
     """Tune; with `baseline_run_id` (an untuned run, say), log its test metrics beside."""
     # Heavy (sklearn, LightGBM, Optuna): imported when the step runs (see train_basic).
-    from tabular_mlops import evaluation, tuning
+    from tabular_mlops import evaluation, pipeline_flavor, tuning
     from tabular_mlops.pipeline import build_pipeline, fit_with_learning_curve
 
     config.require_tuning()  # before any run: a config without it is a user error
@@ -81,6 +81,7 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
         best_model = config.model.with_values(
             best.params | {"n_estimators": tuning.refit_trees(best)}
         )
+        code = packaging.ShippedCode.build(config.model_code)
         threads = config.compute.resolved_threads()
         pipeline = build_pipeline(table.spec, best_model, config.split.seed, threads)
         with tracking.autologged(config.tracking.autolog):
@@ -88,7 +89,9 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
                 pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test
             )
         tracking.log_stepped_metrics(curves, prefix="learning_curve_test")
-        model_info = tracking.log_pipeline(pipeline, parts.X_train, config.tracking)
+        model_info = pipeline_flavor.log_pipeline(
+            pipeline, parts.X_train, table.raw, config.tracking, code
+        )
         metrics = evaluation.log_test_evaluation(
             pipeline, model_info.model_uri, parts.X_test, parts.y_test
         )

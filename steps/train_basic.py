@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from tabular_mlops import chain, data, descriptions, interrupts, registry, tracking
+from tabular_mlops import chain, data, descriptions, interrupts, packaging, registry, tracking
 from tabular_mlops.chain import env_manager_of
 from tabular_mlops.cli import (
     boolean,
@@ -72,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_basic(config: ProjectConfig) -> TrainResult:
     # Heavy (sklearn, LightGBM): imported when the step runs, so that `main`, which imports
     # every step to check its parameters, finds cached steps without loading them (1.2 s).
-    from tabular_mlops import evaluation
+    from tabular_mlops import evaluation, pipeline_flavor
     from tabular_mlops.pipeline import build_pipeline
 
     with tracking.project_run(config, ENTRY_POINT, summary=__doc__) as run:
@@ -82,11 +82,14 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         parts = data.split(table, config.split)
         logger.info("train %d rows, test %d rows", len(parts.y_train), len(parts.y_test))
 
+        code = packaging.ShippedCode.build(config.model_code)
         threads = config.compute.resolved_threads()
         pipeline = build_pipeline(table.spec, config.model, config.split.seed, threads)
         with tracking.autologged(config.tracking.autolog):
             pipeline.fit(parts.X_train, parts.y_train)
-        model_info = tracking.log_pipeline(pipeline, parts.X_train, config.tracking)
+        model_info = pipeline_flavor.log_pipeline(
+            pipeline, parts.X_train, table.raw, config.tracking, code
+        )
 
         metrics = evaluation.log_test_evaluation(
             pipeline, model_info.model_uri, parts.X_test, parts.y_test

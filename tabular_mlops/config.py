@@ -333,8 +333,6 @@ class CustomModelConfig(_Section):
     risk_band_labels: list[str] = ["low", "medium", "high"]
     top_k: int = Field(3, ge=1)  # reasons returned per row when asked (`explain`)
     max_rows: int = Field(10_000, ge=1)  # per request; larger ones are refused (HTTP 400)
-    package_dir: Path = Path("custom_model")
-    wheel_dir: Path = Path("wheels")
     # `mlflow models predict --env-manager` of the isolated-environment check; none skips it.
     check_env_manager: Literal["uv", "virtualenv", "conda", "none"] = "uv"
     # A check process that has not answered by then is a failed check (and is stopped).
@@ -351,6 +349,14 @@ class CustomModelConfig(_Section):
                 f"{len(self.risk_band_labels)} risk_band_labels are given"
             )
         return self
+
+
+class ModelCodeConfig(_Section):
+    """The code that ships inside both registered models (`custom_model/`): built into a
+    wheel, carried in each model's `code/` directory."""
+
+    package_dir: Path = Path("custom_model")
+    wheel_dir: Path = Path("wheels")
 
 
 class TrustConfig(_Section):
@@ -406,6 +412,7 @@ class ProjectConfig(_Section):
     tracking: TrackingConfig
     promotion: PromotionConfig | None = None  # needed by the `register` entry point only
     custom_model: CustomModelConfig | None = None  # needed by `custom_model` only
+    model_code: ModelCodeConfig = ModelCodeConfig()
     compute: ComputeConfig = ComputeConfig()
     trust: TrustConfig = TrustConfig()
     batch: BatchConfig = BatchConfig()

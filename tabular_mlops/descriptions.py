@@ -47,12 +47,14 @@ def pipeline_model(
             "encoding) ending in LightGBM. Each version's description gives its run, test "
             "metrics, data digest and git commit.",
             "",
-            f"- **inputs**: {_columns(numeric)} (numbers, missing allowed) and "
-            f"{_columns(categorical)} (text; unseen categories are ignored)",
+            f"- **inputs**: {_columns(numeric)} (numbers: whole or not, as numbers or "
+            f"text, missing allowed) and {_columns(categorical)} (text; unseen categories "
+            "are ignored); other columns are left out",
             "- **outputs**: `predict` gives 0/1 at probability 0.5; `predict_proba(X)[:, 1]` "
             "the probability of the positive class",
-            f"- **call**: `mlflow.sklearn.load_model('models:/{name}@{alias}')`, or "
-            f"`{serve_command(f'models:/{name}@{alias}', 'local')}`",
+            f"- **call**: `mlflow.pyfunc.load_model('models:/{name}@{alias}').predict(df)`, "
+            f"`mlflow.sklearn.load_model('models:/{name}@{alias}')` (the fitted pipeline), "
+            f"or `{serve_command(f'models:/{name}@{alias}', 'local')}`",
             f"- **aliases**: `{alias}` (newest version trained), and the `register` step's "
             "champion/challenger",
         ]

@@ -5,11 +5,15 @@ precision, recall, accuracy) and the plots (ROC, PR, confusion matrix, calibrati
 this module adds what it lacks: the Brier score and a feature-importance chart.
 """
 
+import tempfile
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import Run
-from mlflow.models import EvaluationResult
+from mlflow.models import EvaluationResult, Model
+from mlflow.models.model import MLMODEL_FILE_NAME
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
@@ -22,6 +26,7 @@ from tabular_mlops.config import (
     DecisionConfig,
 )
 from tabular_mlops.pipeline import feature_importance
+from tabular_mlops.pipeline_flavor import stock_face
 from tabular_mlops.plots import pyplot
 from tabular_mlops.tags import Tag
 from tabular_mlops.tracking import quiet_integer_schema_hint
@@ -58,10 +63,16 @@ def evaluate(model_uri: str, X_test: pd.DataFrame, y_test: pd.Series) -> dict[st
 
 def evaluate_model(model_uri: str, X: pd.DataFrame, y: pd.Series) -> EvaluationResult:
     """MLflow's default classifier evaluation of `model_uri` on labelled rows, logged to
-    the active run."""
-    with quiet_integer_schema_hint():
+    the active run and linked to the model. MLflow's evaluator reads probabilities only
+    from a stock flavor's model: it is given the pipeline's stock sklearn face."""
+    with (
+        tempfile.TemporaryDirectory(prefix="evaluated-") as scratch,
+        quiet_integer_schema_hint(),
+    ):
+        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=scratch))
         return mlflow.models.evaluate(
-            model=model_uri,
+            model=str(stock_face(local)),
+            model_id=Model.load(str(local / MLMODEL_FILE_NAME)).model_id,
             # True/False rather than 1/0: MLflow reads integer labels as neither classes nor
             # values, and warns on every run that the model type "looks like None".
             data=X.assign(**{LABEL_COLUMN: y.to_numpy().astype(bool)}),

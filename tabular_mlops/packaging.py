@@ -1,4 +1,6 @@
-"""Build the code that ships with the custom model (`custom_model/`) into a wheel.
+"""The code that ships inside the project's models (`custom_model/`, the package
+`tabular_custom_model`): built into a wheel, and carried in each model's `code/`
+directory with its source (see ShippedCode).
 
 The wheel's version is the package's own plus a hash of its content
 (`0.1.0+3f2a9c1b04de`): MLflow caches model environments by their requirement strings, so a
@@ -17,9 +19,17 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from tabular_mlops.config import ModelCodeConfig
+from tabular_mlops.errors import ConfigError
+
 logger = logging.getLogger(__name__)
+
+PACKAGE = "tabular_custom_model"
 
 _IGNORED = ("__pycache__", "*.pyc", "*.egg-info")
 _BUILD = "import sys; from hatchling.build import build_wheel; print(build_wheel(sys.argv[1]))"
@@ -108,3 +118,48 @@ def _set_version(pyproject: Path, base: str, version: str) -> None:
     if text.count(line) != 1:
         raise ValueError(f"{pyproject} must hold exactly one line {line!r}")
     pyproject.write_text(text.replace(line, f'version = "{version}"'))
+
+
+@dataclass(frozen=True)
+class ShippedCode:
+    """The built code a model carries: `code_paths` puts the wheel and the package source in
+    the model's `code/` (on `sys.path` at load, so `--env-manager local` imports the source);
+    the requirements end with `code/<wheel>`, which installs it in a fresh environment."""
+
+    package_dir: Path  # custom_model/
+    wheel: Path
+
+    @classmethod
+    def build(cls, settings: ModelCodeConfig) -> "ShippedCode":
+        if not (settings.package_dir / "pyproject.toml").is_file():
+            raise ConfigError(
+                f"model_code.package_dir {settings.package_dir} holds no pyproject.toml: run "
+                "from the project directory, or set it to the project's custom_model/"
+            )
+        return cls(settings.package_dir, build_wheel(settings.package_dir, settings.wheel_dir))
+
+    @property
+    def source(self) -> Path:
+        return self.package_dir / "src" / PACKAGE
+
+    def model_file(self, name: str) -> str:
+        """A "models from code" file of the package directory (`model_code.py`, ...)."""
+        return str(self.package_dir / name)
+
+    def code_paths(self) -> list[str]:
+        return [str(self.wheel), str(self.source)]
+
+    def requirements(self, pinned: list[str]) -> list[str]:
+        """`pinned` (what the model needs, exact versions), then the wheel. Explicit:
+        inference would list this project as `name==version`, which pip cannot install."""
+        return [*pinned, f"code/{self.wheel.name}"]
+
+    @contextmanager
+    def importable(self) -> Iterator[None]:
+        """The package on `sys.path` meanwhile: MLflow runs a model's code to log it."""
+        directory = str(self.source.parent.resolve())
+        sys.path.insert(0, directory)
+        try:
+            yield
+        finally:
+            sys.path.remove(directory)

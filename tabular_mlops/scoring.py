@@ -34,6 +34,7 @@ from mlflow.types.schema import Array, Object
 
 from tabular_mlops.config import BatchConfig
 from tabular_mlops.errors import DataError, UserInputError
+from tabular_mlops.pipeline_flavor import declared_inputs
 from tabular_mlops.plots import pyplot
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def resolve_model(uri: str) -> ScoringModel:
         )
     return ScoringModel(
         uri=pinned,
-        inputs=signature.inputs,
+        inputs=declared_inputs(info),
         outputs=signature.outputs,
         max_rows=int(settings[MAX_ROWS_SETTING]),
         threshold=float(settings[THRESHOLD_SETTING]),

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import mlflow
 import pandas as pd
@@ -27,8 +27,7 @@ from mlflow.environment_variables import (
     MLFLOW_TRACKING_URI,
 )
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature, infer_signature
-from mlflow.models.model import ModelInfo
+from mlflow.models import infer_signature
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
@@ -36,12 +35,8 @@ from tabular_mlops import descriptions, interrupts, stale_runs
 from tabular_mlops.config import DATABRICKS_PROFILE, LOCAL_PROFILE, ProjectConfig, TrackingConfig
 from tabular_mlops.data import LabeledTable
 from tabular_mlops.errors import UserInputError
-from tabular_mlops.faults import FaultPoint, crash_if_injected
 from tabular_mlops.redaction import redact
 from tabular_mlops.tags import MAX_TAG_LENGTH, Tag
-
-if TYPE_CHECKING:
-    from sklearn.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -287,32 +282,6 @@ def sampled_schema(frame: pd.DataFrame) -> Schema:
     return Schema(
         [ColSpec(spec.type, spec.name, required=not missing[spec.name]) for spec in inferred]
     )
-
-
-def log_pipeline(
-    pipeline: "Pipeline", X_train: pd.DataFrame, tracking: TrackingConfig
-) -> ModelInfo:
-    """Log the fitted pipeline with the sklearn flavor, saved with skops (not pickle)."""
-    # Imported here, as sklearn in tabular_mlops.data.split.
-    from tabular_mlops.pipeline import SKOPS_TRUSTED_TYPES, pip_requirements
-
-    crash_if_injected(FaultPoint.BEFORE_MODEL_LOGGED)
-
-    input_example = X_train.head(INPUT_EXAMPLE_ROWS)
-    with quiet_integer_schema_hint():
-        outputs = infer_signature(input_example, pipeline.predict(input_example)).outputs
-    signature = ModelSignature(inputs=sampled_schema(X_train), outputs=outputs)
-    model_info = mlflow.sklearn.log_model(
-        pipeline,
-        name=tracking.model_name,
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=pip_requirements(),
-        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-        skops_trusted_types=SKOPS_TRUSTED_TYPES,
-    )
-    mlflow.set_tag(Tag.MODEL_URI, model_info.model_uri)
-    return model_info
 
 
 @contextmanager

@@ -2,10 +2,10 @@
 that it serves the same answers wherever it is loaded.
 
 The model is logged "from code" (`custom_model/model_code.py`): nothing is pickled. It
-carries the pipeline's sklearn-flavor directory (skops) as an artifact, its settings as
-`model_config`, and in `code/` both the wheel of `custom_model/` (installed by the
-`code/<wheel>` line of its requirements in a fresh environment) and the package source
-(importable as is with `--env-manager local`).
+carries the pipeline's stock sklearn model (skops) as an artifact, its settings and input
+schema as `model_config`, and in `code/` both the wheel of `custom_model/` (installed by
+the `code/<wheel>` line of its requirements in a fresh environment) and the package source
+(importable as is with `--env-manager local`); see tabular_mlops.packaging.
 """
 
 import io
@@ -16,9 +16,9 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,20 @@ import mlflow
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc.scoring_server import predictions_to_json
+from mlflow.types import Schema
 
 from tabular_mlops.config import CustomModelConfig
 from tabular_mlops.errors import PromotionError
 from tabular_mlops.faults import FaultPoint, crash_if_injected
+from tabular_mlops.packaging import PACKAGE, ShippedCode
 from tabular_mlops.pipeline import pip_requirements
+from tabular_mlops.pipeline_flavor import INPUT_SCHEMA, PIPELINE_ARTIFACT, stock_face
 from tabular_mlops.tags import Tag
 from tabular_mlops.tracking import INPUT_EXAMPLE_ROWS
 
 logger = logging.getLogger(__name__)
 
-PACKAGE = "tabular_custom_model"
 MODEL_CODE = "model_code.py"
-PIPELINE_ARTIFACT = "pipeline"  # tabular_custom_model.PIPELINE_ARTIFACT
 # Params every check predicts with: the reasons are part of what must match.
 CHECK_PARAMS = {"explain": True}
 CHECKS_ARTIFACT = "checks/predictions.json"
@@ -76,7 +77,7 @@ backend.predict(model_uri=model, input_path=request, output_path=output, content
 """
 
 
-def model_config(threshold: float, custom: CustomModelConfig) -> dict[str, Any]:
+def model_config(threshold: float, custom: CustomModelConfig, inputs: Schema) -> dict[str, Any]:
     """The settings the wrapper is logged with (keys: tabular_custom_model.Setting)."""
     return {
         "model_name": custom.registered_model_name,
@@ -85,50 +86,39 @@ def model_config(threshold: float, custom: CustomModelConfig) -> dict[str, Any]:
         "risk_band_labels": list(custom.risk_band_labels),
         "top_k": custom.top_k,
         "max_rows": custom.max_rows,
+        INPUT_SCHEMA: inputs.to_dict(),
     }
 
 
 def log_wrapped_model(
-    pipeline_dir: Path,
-    settings: dict[str, Any],
-    custom: CustomModelConfig,
-    wheel: Path,
-    name: str,
+    pipeline_dir: Path, settings: dict[str, Any], code: ShippedCode, name: str
 ) -> ModelInfo:
-    """Log the wrapper around the pipeline saved at `pipeline_dir` to the active run."""
+    """Log the wrapper around the pipeline model downloaded to `pipeline_dir` to the
+    active run. Its signature states outputs and request parameters; its input schema is
+    in `settings` (MLflow's signature types would refuse int64 or float64 whole numbers:
+    see custom_model/src/tabular_custom_model/inputs.py)."""
     pipeline_model = Model.load(pipeline_dir)
-    package = custom.package_dir / "src" / PACKAGE
     example = pipeline_model.load_input_example(str(pipeline_dir)).head(INPUT_EXAMPLE_ROWS)
-    parts: dict[str, Any] = {
-        "python_model": str(custom.package_dir / MODEL_CODE),
-        "artifacts": {PIPELINE_ARTIFACT: str(pipeline_dir)},
-        "model_config": settings,
-        "code_paths": [str(wheel), str(package)],
-        # Explicit: inference would list this project as `name==version`, which pip cannot
-        # install. The wheel comes last, its dependencies pinned by the lines before.
-        "pip_requirements": [*pip_requirements(), f"code/{wheel.name}"],
-        "input_example": example,
-    }
     # MLflow runs the model's code to log it: the package must be importable meanwhile.
     # The model states its own output and params schemas.
-    with _on_sys_path(package.parent):
+    with code.importable():
         from tabular_custom_model import ChurnModel
 
         signature = ModelSignature(
-            inputs=pipeline_model.signature.inputs,
-            outputs=ChurnModel.output_schema(),
-            params=ChurnModel.params_schema(settings),
+            outputs=ChurnModel.output_schema(), params=ChurnModel.params_schema(settings)
         )
-        return mlflow.pyfunc.log_model(name=name, signature=signature, **parts)
-
-
-@contextmanager
-def _on_sys_path(directory: Path) -> Iterator[None]:
-    sys.path.insert(0, str(directory.resolve()))
-    try:
-        yield
-    finally:
-        sys.path.remove(str(directory.resolve()))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=code.model_file(MODEL_CODE),
+            # The stock sklearn model, not the pipeline's pyfunc face: the wrapper encodes
+            # rows itself.
+            artifacts={PIPELINE_ARTIFACT: str(stock_face(pipeline_dir))},
+            model_config=settings,
+            code_paths=code.code_paths(),
+            pip_requirements=code.requirements(pip_requirements()),
+            input_example=example,
+            signature=signature,
+        )
 
 
 def check_answers(model_dir: Path, env_manager: str, timeout_seconds: float) -> None:

@@ -90,8 +90,21 @@ def no_fake_dbutils_left(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def shipped_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
-    """The shipped config, as `mlflow run` from the project gives it."""
-    return load_config(CHURN_CONFIG, {"data.path": str(CHURN_CSV)} | (overrides or {}))
+    """The shipped config, as `mlflow run` from the project gives it (its paths absolute;
+    the models' code built once per session)."""
+    paths = {
+        "data.path": str(CHURN_CSV),
+        "model_code.package_dir": str(PROJECT_DIR / "custom_model"),
+        "model_code.wheel_dir": str(session_wheel_dir()),
+    }
+    return load_config(CHURN_CONFIG, paths | (overrides or {}))
+
+
+@cache
+def session_wheel_dir() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="tabular-mlops-wheels-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
 
 
 @cache
@@ -105,9 +118,13 @@ def churn_frame() -> pd.DataFrame:
 
 
 def churn_settings() -> dict[str, Any]:
-    """The shipped config as a dict, with an absolute data path."""
+    """The shipped config as a dict, with absolute paths (see shipped_config)."""
     settings = yaml.safe_load(CHURN_CONFIG.read_text())
     settings["data"]["path"] = str(CHURN_CSV)
+    settings["model_code"] = {
+        "package_dir": str(PROJECT_DIR / "custom_model"),
+        "wheel_dir": str(session_wheel_dir()),
+    }
     return settings
 
 

@@ -14,28 +14,27 @@ import pandas as pd
 import pytest
 import tabular_custom_model
 from mlflow.exceptions import MlflowException
+from mlflow.types import ColSpec, Schema
 from sklearn.metrics import confusion_matrix
 
 from steps import custom_model, register, train_basic
-from tabular_mlops import data, packaging, processes, registry, wrapper
+from tabular_mlops import data, packaging, pipeline_flavor, processes, registry, wrapper
 from tabular_mlops.config import (
     CostMatrix,
     DecisionConfig,
     ProjectConfig,
     TrustConfig,
-    load_config,
 )
 from tabular_mlops.errors import ConfigError, PromotionError
 from tabular_mlops.pipeline import build_pipeline, input_column_of_encoded_features
 from tabular_mlops.tags import Tag
 from tabular_mlops.thresholds import expected_cost, tune_threshold
 from tests.conftest import (
-    CHURN_CONFIG,
-    CHURN_CSV,
     PROJECT_DIR,
     leave_no_run_behind,
     pickled_copy_of,
     point_mlflow_at,
+    shipped_config,
 )
 
 SERVICE = "churn-service"
@@ -46,13 +45,8 @@ TRAINS = pytest.mark.e2e
 
 def config_for(overrides: dict[str, Any] | None = None) -> ProjectConfig:
     """The shipped config with absolute paths; no isolated-env check (the e2e tests run it)."""
-    base = {
-        "data.path": str(CHURN_CSV),
-        "tracking.registered_model_name": "trainer",
-        "custom_model.package_dir": str(PROJECT_DIR / "custom_model"),
-        "custom_model.check_env_manager": "none",
-    }
-    return load_config(CHURN_CONFIG, base | (overrides or {}))
+    base = {"tracking.registered_model_name": "trainer", "custom_model.check_env_manager": "none"}
+    return shipped_config(base | (overrides or {}))
 
 
 @dataclass(frozen=True)
@@ -68,7 +62,7 @@ def wrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wrapped]:
     directory = tmp_path_factory.mktemp("custom")
     with pytest.MonkeyPatch.context() as monkeypatch:
         point_mlflow_at(directory, monkeypatch)
-        config = config_for({"custom_model.wheel_dir": str(directory / "wheels")})
+        config = config_for({"model_code.wheel_dir": str(directory / "wheels")})
         trained = train_basic.train_basic(config)
         result = custom_model.custom_model(config)
         yield Wrapped(directory, trained, result)
@@ -262,7 +256,7 @@ def test_a_model_answering_differently_elsewhere_gets_no_alias(
     config = config_for(
         {
             "custom_model.registered_model_name": "tampered",
-            "custom_model.wheel_dir": str(store.directory / "wheels"),
+            "model_code.wheel_dir": str(store.directory / "wheels"),
         }
     )
     with pytest.raises(PromotionError, match="answer in fresh_process differs from the in-proc"):
@@ -277,7 +271,7 @@ def test_a_check_that_does_not_answer_in_time_gets_no_alias(store: Wrapped) -> N
     config = config_for(
         {
             "custom_model.registered_model_name": "slow",
-            "custom_model.wheel_dir": str(store.directory / "wheels"),
+            "model_code.wheel_dir": str(store.directory / "wheels"),
             "custom_model.check_timeout_seconds": 0.05,
         }
     )
@@ -314,7 +308,7 @@ def test_a_pickled_pipeline_is_wrapped_only_if_its_author_is_trusted(store: Wrap
     config = config_for(
         {
             "custom_model.registered_model_name": "from-pickle",
-            "custom_model.wheel_dir": str(store.directory / "wheels"),
+            "model_code.wheel_dir": str(store.directory / "wheels"),
             "custom_model.check_env_manager": "none",
         }
     )
@@ -362,11 +356,13 @@ def test_a_broken_wheel_is_rebuilt_and_an_intact_one_reused(tmp_path: Path) -> N
 def test_model_config_keys_are_the_package_settings() -> None:
     settings = {value for key, value in vars(tabular_custom_model.Setting).items() if key.isupper()}
     config = config_for()
-    assert wrapper.PIPELINE_ARTIFACT == tabular_custom_model.PIPELINE_ARTIFACT
     assert set(wrapper.CHECK_PARAMS) <= {
         value for key, value in vars(tabular_custom_model.Param).items() if key.isupper()
     }
-    assert set(wrapper.model_config(0.5, config.custom_model)) == settings
+    inputs = Schema([ColSpec("double", "tenure")])
+    assert set(wrapper.model_config(0.5, config.custom_model, inputs)) == settings
+    assert pipeline_flavor.INPUT_SCHEMA == tabular_custom_model.Setting.INPUT_SCHEMA
+    assert pipeline_flavor.PIPELINE_ARTIFACT == tabular_custom_model.PIPELINE_ARTIFACT
 
 
 def test_expected_cost_counts_each_outcome() -> None:

@@ -52,8 +52,8 @@ def scoring(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Scoring:
     config = shipped_config(
         {
             "model.n_estimators": 60,
-            "custom_model.package_dir": str(project / "custom_model"),
-            "custom_model.wheel_dir": str(folder / "wheels"),
+            "model_code.package_dir": str(project / "custom_model"),
+            "model_code.wheel_dir": str(folder / "wheels"),
             "custom_model.check_env_manager": "none",
         }
     )

@@ -18,11 +18,8 @@ from mlflow.pyfunc.scoring_server import predictions_to_json
 
 from bench.interrupts import ISOLATED_CHECK, interrupt
 from tabular_mlops import data
-from tabular_mlops.config import load_config
 from tabular_mlops.tags import Tag
 from tests.conftest import (
-    CHURN_CONFIG,
-    CHURN_CSV,
     SERVICE_URI,
     mlflow_run,
     mlflow_run_environment,
@@ -30,6 +27,7 @@ from tests.conftest import (
     post,
     served,
     session_env_root,
+    shipped_config,
     use_store,
 )
 
@@ -73,7 +71,7 @@ def local_url(
 
 def request_rows() -> pd.DataFrame:
     """Test-split rows, plus one with missing values (as JSON nulls and empty CSV cells)."""
-    config = load_config(CHURN_CONFIG, {"data.path": str(CHURN_CSV)})
+    config = shipped_config()
     rows = data.split(data.load_table(config.data), config.split).X_test.head(4)
     gaps = rows.head(1).assign(total_charges=np.nan, internet_service=None)
     return pd.concat([rows, gaps], ignore_index=True)
@@ -144,7 +142,8 @@ def bad_requests() -> dict[str, tuple[bytes, str, int, str]]:
             split_body(rows.drop(columns="tenure")), JSON, 400, "Model is missing inputs ['tenure']"
         ),
         "text in a numeric column": (
-            split_body(text_in_number), JSON, 400, "could not convert string to float: 'abc'"
+            split_body(text_in_number), JSON, 400,
+            "Incompatible input types for column tenure: 'abc' is not a number.",
         ),
         "empty body": (b"", JSON, 400, "Ensure that input is a valid JSON formatted string"),
         "malformed JSON": (

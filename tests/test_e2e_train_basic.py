@@ -6,9 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
+from tabular_mlops.pipeline_flavor import declared_inputs
 from tabular_mlops.tags import Tag
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 from tests.test_init import trap_table
@@ -100,10 +102,13 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
     info = mlflow.models.get_model_info(f"models:/{REGISTERED}@{ALIAS}")
     assert tags[Tag.MODEL_URI] == f"models:/{info.model_id}"
     assert info.flavors["sklearn"]["serialization_format"] == "skops"
-    assert {column.name for column in info.signature.inputs} >= {"tenure", "contract"}
+    # Inputs declared in the model's config (see tabular_custom_model.inputs), the input
+    # example as the table holds its rows (whole numbers as ints).
+    assert info.signature.inputs is None
+    assert {column.name for column in declared_inputs(info)} >= {"tenure", "contract"}
     local_copy = mlflow.artifacts.download_artifacts(f"models:/{REGISTERED}@{ALIAS}")
     example = mlflow.models.Model.load(local_copy).load_input_example(local_copy)
-    assert len(example) == 5
+    assert len(example) == 5 and example["tenure"].dtype == np.int64
     assert set(mlflow.pyfunc.load_model(local_copy).predict(example)) <= {0, 1}
 
     sample = pd.read_csv(
@@ -158,6 +163,11 @@ def test_your_own_table_from_init_to_a_registered_model(project: Path, tmp_path:
     version = client.get_model_version_by_alias("credit-risk-classifier", "latest-model")
     assert version.run_id == run.info.run_id
     assert [model.name for model in client.search_registered_models()] == ["credit-risk-classifier"]
+    # The user's table, as pandas reads it (whole numbers as int64, gaps as NaN): answered.
+    rows = pd.read_csv(table, sep=";", encoding="cp1252").drop(columns=["Status"])
+    assert rows["Seniority"].dtype == np.int64
+    classes = mlflow.pyfunc.load_model("models:/credit-risk-classifier@latest-model").predict(rows)
+    assert len(classes) == len(rows) and set(classes) <= {0, 1}
 
 
 @pytest.fixture(scope="module")

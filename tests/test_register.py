@@ -23,6 +23,7 @@ from tests.conftest import (
     leave_no_run_behind,
     pickled_copy_of,
     point_mlflow_at,
+    shipped_config,
 )
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -34,8 +35,7 @@ TRAINS = pytest.mark.e2e
 
 def config_for(name: str, overrides: dict[str, Any] | None = None) -> ProjectConfig:
     """The shipped config registering into `name` (a fresh registered model per test)."""
-    base = {"data.path": str(CHURN_CSV), "tracking.registered_model_name": name}
-    return load_config(CHURN_CONFIG, base | (overrides or {}))
+    return shipped_config({"tracking.registered_model_name": name} | (overrides or {}))
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
             config_for("trainer", {"model.n_estimators": 5, "tracking.experiment_name": "broken"})
         )
         location = mlflow.get_logged_model(broken.model_uri.removeprefix("models:/"))
-        (Path(urlparse(location.artifact_location).path) / "model.skops").unlink()
+        model_dir = Path(urlparse(location.artifact_location).path)
+        (model_dir / "artifacts" / "pipeline" / "model.skops").unlink()
         assert weak.metrics["roc_auc"] < 0.8 < strong.metrics["roc_auc"]
         yield Trained(directory, weak.run_id, strong.run_id, broken.run_id)
         leave_no_run_behind()

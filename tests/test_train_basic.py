@@ -11,6 +11,7 @@ import pytest
 from mlflow.entities import RunStatus
 
 from steps import train_basic
+from tabular_mlops.pipeline_flavor import declared_inputs
 from tabular_mlops.tags import Tag
 from tests.conftest import churn_frame, churn_settings, mixed_table, write_config
 
@@ -69,6 +70,7 @@ def test_trains_and_registers_a_parquet_table_with_inferred_features(
             "data": {"path": "mixed.parquet", "target": "label", "id_columns": ["id"]},
             "model": {"n_estimators": 20, "params": {"min_child_samples": 5}},
             "tracking": {"experiment_name": "mixed", "registered_model_name": "mixed-model"},
+            "model_code": churn_settings()["model_code"],
         },
     )
     assert train_basic.main(["--config", str(config)]) == 0
@@ -84,7 +86,7 @@ def test_trains_and_registers_a_parquet_table_with_inferred_features(
     assert version.run_id == run.info.run_id
 
     model = mlflow.pyfunc.load_model("models:/mixed-model@latest-model")
-    inputs = {spec.name: spec.type.name for spec in model.metadata.get_input_schema().inputs}
+    inputs = {spec.name: spec.type.name for spec in declared_inputs(model.metadata).inputs}
     assert inputs == {
         "age": "double",
         "income": "double",
