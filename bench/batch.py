@@ -36,9 +36,10 @@ import pandas as pd
 import yaml
 
 from bench.serving import bench_config, temporary_store
-from steps import custom_model, train_basic
-from tabular_mlops.cli import configure_logging
-from tabular_mlops.config import ProjectConfig
+from tabular_mlops.cli.commands import configure_logging
+from tabular_mlops.core.config import ProjectConfig
+from tabular_mlops.jobs.train import train_basic
+from tabular_mlops.jobs.wrap import custom_model
 
 logger = logging.getLogger("bench.batch")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -116,8 +117,8 @@ def resampled(rows: int, seed: int) -> pd.DataFrame:
 
 def build_model(config: ProjectConfig) -> tuple[str, str]:
     """The registered custom model and the pipeline it wraps, as version URIs."""
-    trained = train_basic.train_basic(config)
-    wrapped = custom_model.custom_model(config)
+    trained = train_basic(config)
+    wrapped = custom_model(config)
     custom_name = config.require_custom_model().registered_model_name
     return (
         f"models:/{custom_name}/{wrapped.registered_version}",

@@ -20,7 +20,7 @@ a new machine; uv's package cache is used as it is). Sections:
   and on one thread. Beside a busy job, spinning threads are erratic: run it twice.
 - dataset: logging a 200k-row table as a run's input, MLflow's own way (`from_pandas`:
   schema inferred value by value, digest of the first 10,000 rows) against this
-  project's (`tracking.log_dataset`: schema from a sample, digest of every row).
+  project's (`datasets.log_dataset`: schema from a sample, digest of every row).
 
 It prints one table per section.
 """
@@ -44,9 +44,9 @@ import pandas as pd
 import yaml
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
-from tabular_mlops import resources
-from tabular_mlops.cli import configure_logging
-from tabular_mlops.resources import OPENMP_DEFAULTS, available_cores
+from tabular_mlops.cli.commands import configure_logging
+from tabular_mlops.core import resources
+from tabular_mlops.core.resources import OPENMP_DEFAULTS, available_cores
 
 logger = logging.getLogger("bench.lifecycle")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -276,25 +276,26 @@ def openmp_section() -> pd.DataFrame:
 
 
 def dataset_section() -> pd.DataFrame:
-    from tabular_mlops import data, tracking
-    from tabular_mlops.config import load_config
+    from tabular_mlops.core import data, tables
+    from tabular_mlops.core.config import load_config
+    from tabular_mlops.mlflow import datasets, runs
 
     shipped = load_config(PROJECT_DIR / "config" / "churn.yaml").data
     data_config = shipped.model_copy(update={"path": PROJECT_DIR / shipped.path})
-    rows_read = data.read_table(data_config.path)
+    rows_read = tables.read_table(data_config.path)
     big = rows_read.sample(BIG_TABLE_ROWS, replace=True, random_state=0).reset_index(drop=True)
     table = data.prepare(big, data_config)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-dataset-") as scratch:
         mlflow.set_tracking_uri(f"sqlite:///{scratch}/mlflow.db")
-        with mlflow.start_run(), tracking.quiet_integer_schema_hint():
+        with mlflow.start_run(), runs.quiet_integer_schema_hint():
             start = time.perf_counter()
             own = mlflow.data.from_pandas(table.raw, targets=table.target.name)
             mlflow.log_input(own, context="mlflow")
             rows.append({"logging a 200k-row table": "MLflow's from_pandas + log_input"})
             rows[-1]["seconds"] = time.perf_counter() - start
             start = time.perf_counter()
-            tracking.log_dataset(table)
+            datasets.log_dataset(table)
             rows.append({"logging a 200k-row table": "this project's log_dataset"})
             rows[-1]["seconds"] = time.perf_counter() - start
     return pd.DataFrame(rows)

@@ -40,11 +40,12 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from tqdm import tqdm
 
-from bench.servers import model_server
-from steps import custom_model, train_basic
-from tabular_mlops import data
-from tabular_mlops.cli import configure_logging
-from tabular_mlops.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
+from tabular_mlops.cli.commands import configure_logging
+from tabular_mlops.core import data
+from tabular_mlops.core.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
+from tabular_mlops.jobs.train import train_basic
+from tabular_mlops.jobs.wrap import custom_model
+from test_support.servers import model_server
 
 logger = logging.getLogger("bench.serving")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -70,8 +71,8 @@ class Served:
 
 
 def build_models(config: ProjectConfig) -> Models:
-    trained = train_basic.train_basic(config)
-    wrapped = custom_model.custom_model(config)
+    trained = train_basic(config)
+    wrapped = custom_model(config)
     custom_uri = f"models:/{config.require_custom_model().registered_model_name}/"
     custom_uri += str(wrapped.registered_version)
     signature = mlflow.models.get_model_info(custom_uri).signature

@@ -3,9 +3,9 @@
     python -m bench.stack [--concurrent 8] [--repeat 1]
 
 On a `git clone` of HEAD (commit first) in a temporary directory:
-- `python -m tabular_mlops.stack up` on a new folder and free ports: seconds until every
+- `python -m team_stack.stack up` on a new folder and free ports: seconds until every
   service answers (PostgreSQL, SeaweedFS with its bucket, `mlflow server` with basic auth);
-- a trainer made by `tabular_mlops.access`, as the README does it;
+- a trainer made by `team_stack.access`, as the README does it;
 - `mlflow run .` (main, `--env-manager local`, the shipped config) on a new sqlite store
   and on the stack as the trainer, back to back, `--repeat` times (the first sqlite run
   also builds the custom model's isolated environment: it runs once more, unmeasured,
@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -35,92 +34,13 @@ import mlflow
 import pandas as pd
 
 from bench.lifecycle import EXPERIMENT, Clone, fresh_clone
-from bench.servers import free_port, free_port_block
-from tabular_mlops.cli import configure_logging
-from tabular_mlops.stack import (
-    ADMIN,
-    ADMIN_PASSWORD_VARIABLE,
-    OPTUNA_DATABASE,
-    SEAWEEDFS_PORTS,
-    LocalStack,
-    StackSettings,
-)
+from tabular_mlops.cli.commands import configure_logging
+from team_stack.settings import ADMIN, ADMIN_PASSWORD_VARIABLE, OPTUNA_DATABASE, StackSettings
+from team_stack.stack import LocalStack
+from test_support.stack import scan_stack, stack_environment
 
 logger = logging.getLogger("bench.stack")
 TRAINER = "trainer"
-
-
-def recorded_texts(client: mlflow.MlflowClient) -> dict[str, str]:
-    """Every param, tag and description a tracking server holds, one text per record."""
-    texts: dict[str, str] = {}
-    experiments = client.search_experiments()
-    ids = [experiment.experiment_id for experiment in experiments]
-    for experiment in experiments:
-        texts[f"experiment {experiment.name}"] = repr(experiment.tags)
-    for run in client.search_runs(ids, max_results=5000):
-        texts[f"run {run.info.run_id}"] = repr((run.data.params, run.data.tags))
-    for model in client.search_logged_models(ids, max_results=5000):
-        texts[f"logged model {model.model_id}"] = repr((model.params, model.tags))
-    for registered in client.search_registered_models():
-        texts[f"registered {registered.name}"] = repr((registered.description, registered.tags))
-        for version in client.search_model_versions(f"name = '{registered.name}'"):
-            texts[f"version {registered.name}/{version.version}"] = repr(
-                (version.description, version.tags, version.source)
-            )
-    return texts
-
-
-def bucket_keys(stack: LocalStack) -> set[str]:
-    """The keys of every object in the stack's bucket, listed through the S3 API."""
-    pages = (
-        stack.s3_client().get_paginator("list_objects_v2").paginate(Bucket=stack.settings.bucket)
-    )
-    return {item["Key"] for page in pages for item in page.get("Contents", [])}
-
-
-def bucket_objects(stack: LocalStack) -> Iterator[tuple[str, bytes]]:
-    s3 = stack.s3_client()
-    for key in sorted(bucket_keys(stack)):
-        yield key, s3.get_object(Bucket=stack.settings.bucket, Key=key)["Body"].read()
-
-
-def leaks(
-    secrets_by_name: dict[str, str], texts: dict[str, str], objects: dict[str, bytes]
-) -> list[tuple[str, str]]:
-    """(secret's name, where) for every text or object holding a secret."""
-    return [
-        (name, where)
-        for name, secret in secrets_by_name.items()
-        for where, text in texts.items()
-        if secret in text
-    ] + [
-        (name, key)
-        for name, secret in secrets_by_name.items()
-        for key, body in objects.items()
-        if secret.encode() in body
-    ]
-
-
-def scan_stack(
-    stack: LocalStack, admin: mlflow.MlflowClient, secrets_by_name: dict[str, str], output: str
-) -> tuple[dict[str, str], dict[str, bytes], list[tuple[str, str]]]:
-    """The texts and bucket objects scanned (by where they come from) and the leaks found,
-    over all the stack holds, its logs and `output`."""
-    texts = recorded_texts(admin) | {"output": output}
-    texts |= {f"log {p.name}": p.read_text(errors="replace") for p in stack.log_dir.glob("*.log")}
-    objects = dict(bucket_objects(stack))
-    return texts, objects, leaks(secrets_by_name, texts, objects)
-
-
-def stack_environment(root: Path) -> dict[str, str]:
-    """STACK_* on free ports under `root`, and a new admin password."""
-    return {
-        "STACK_DIR": str(root),
-        "STACK_MLFLOW_PORT": str(free_port()),
-        "STACK_POSTGRES_PORT": str(free_port()),
-        "STACK_S3_PORT": str(free_port_block(1 + SEAWEEDFS_PORTS)),
-        ADMIN_PASSWORD_VARIABLE: secrets.token_urlsafe(16),
-    }
 
 
 class StackBench:
@@ -187,13 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(
                 row(
                     "stack up on a new folder, until healthy",
-                    bench.command("tabular_mlops.stack", "up"),
+                    bench.command("team_stack.stack", "up"),
                 )
             )
             trainer_password = {"USER_PASSWORD": bench.trainer_password}
-            bench.command(
-                "tabular_mlops.access", TRAINER, "trainer", user=ADMIN, **trainer_password
-            )
+            bench.command("team_stack.access", TRAINER, "trainer", user=ADMIN, **trainer_password)
 
             logger.info("chain: a first `mlflow run .` on sqlite builds the isolated environment")
             bench.mlflow_run()

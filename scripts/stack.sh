@@ -10,6 +10,6 @@ scripts/setup.sh
 source .venv/bin/activate
 if [ "${1:-}" = user ]; then
     shift
-    exec python -m tabular_mlops.access "$@"
+    exec python -m team_stack.access "$@"
 fi
-exec python -m tabular_mlops.stack "$@"
+exec python -m team_stack.stack "$@"

@@ -13,6 +13,12 @@ joined instead of being an error. Other URIs (a server, PostgreSQL) are untouche
 
 It is a package of its own, apart from `tabular_mlops`, because MLflow imports it in
 every process, serving a model included: it imports nothing of the project.
+
+Workaround of MLflow's `SqlAlchemyStore.__init__` (checked on 3.17.2), which runs
+`_initialize_tables` without a lock (mlflow/mlflow#19943; MLflow's own job and workspace
+stores already call `_safe_initialize_tables`), and of `mlflow run --experiment-name`
+looking an experiment up, then creating it (mlflow/mlflow#4123). Canary:
+tests/test_workarounds.py::test_mlflows_sqlite_tracking_store_still_migrates_a_new_file_without_a_lock.
 """
 
 import fcntl
@@ -63,7 +69,7 @@ def store_lock(store_uri: str) -> Iterator[None]:
     """An exclusive lock on a sqlite store's file, across processes and threads, re-entrant
     within a thread (opening a store inside a held lock must not wait for itself): held
     while a store is opened (created and migrated if new), and while registry aliases move
-    (tabular_mlops.registry.move_aliases). A no-op for an in-memory database."""
+    (tabular_mlops.mlflow.registry.move_aliases). A no-op for an in-memory database."""
     database = sqlite_path(store_uri)
     if database is None:  # in memory: no other process can see it
         yield
@@ -114,7 +120,9 @@ def _joining_store_class() -> type:
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     class JoiningSqlAlchemyStore(SqlAlchemyStore):
-        def create_experiment(self, name, artifact_location=None, tags=None):
+        def create_experiment(
+            self, name: str, artifact_location: str | None = None, tags: Any = None
+        ) -> str:
             try:
                 return super().create_experiment(name, artifact_location, tags)
             except MlflowException as error:

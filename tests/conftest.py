@@ -27,19 +27,19 @@ import pytest
 import yaml
 from mlflow.models.model import ModelInfo
 
-from bench.servers import free_port, free_port_block, model_server
-from tabular_mlops.config import ProjectConfig, load_config
-from tabular_mlops.stack import (
+from tabular_mlops.core.config import ProjectConfig, load_config
+from team_stack.settings import (
     ADMIN,
     ADMIN_PASSWORD_VARIABLE,
     PROXIED_DOWNLOADS,
     SEAWEEDFS_PORTS,
     SERVICES,
-    LocalStack,
     StackError,
     StackSettings,
     postgres_bin_dir,
 )
+from team_stack.stack import LocalStack
+from test_support.servers import free_port, free_port_block, model_server
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
@@ -78,10 +78,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def no_fake_dbutils_left(request: pytest.FixtureRequest) -> Iterator[None]:
     """MLflow puts a fake `dbutils` module in sys.modules while it loads a model from code
-    (the custom model), and two loads at once can leave it there (its context manager is
-    not thread-safe). Hypothesis, scanning sys.modules, then fails on its `__file__` in a
-    later test of the same process (seen once in CI). Removed, and named, after the test
-    that left it."""
+    (the custom model), and two loads at once can leave it there (its context manager,
+    mlflow.models.utils._mock_dbutils, is not thread-safe; checked on MLflow 3.17.2).
+    Hypothesis, scanning sys.modules, then fails on its `__file__` in a later test of the
+    same process (seen once in CI). Removed, and named, after the test that left it.
+    Canary: tests/test_workarounds.py::
+    test_mlflow_still_fakes_dbutils_while_it_loads_a_model_from_code."""
     yield
     module = sys.modules.get("dbutils")
     if type(module).__name__ == "MockDbutils":

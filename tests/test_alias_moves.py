@@ -11,8 +11,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tabular_mlops import registry
-from tabular_mlops.faults import FAULT_ENV, FaultPoint
+from tabular_mlops.core.names import Tag
+from tabular_mlops.mlflow import registry
+from tabular_mlops.runtime.faults import FAULT_ENV, FaultPoint
 from tests.conftest import users_environment
 
 NAME = "model"
@@ -32,7 +33,7 @@ def versions(tracking_uri: str, tmp_path: Path) -> mlflow.MlflowClient:
 
 
 def intent_of(client: mlflow.MlflowClient) -> str | None:
-    return client.get_registered_model(NAME).tags.get(registry.ALIAS_INTENT_TAG)
+    return client.get_registered_model(NAME).tags.get(Tag.ALIAS_MOVES)
 
 
 def test_the_aliases_move_together_and_nothing_is_left_behind(
@@ -52,7 +53,7 @@ def test_nothing_moves_when_the_champion_moved_meanwhile(versions: mlflow.Mlflow
 
 _MOVE = """
 import sys, json, mlflow
-from tabular_mlops import registry
+from tabular_mlops.mlflow import registry
 mlflow.set_tracking_uri(sys.argv[1])
 moves, expected = json.loads(sys.argv[2]), json.loads(sys.argv[3])
 registry.move_aliases("model", moves, expected, "killed-run")
@@ -101,7 +102,7 @@ _REVIEWER = """
 import sys, time, json
 from pathlib import Path
 import mlflow
-from tabular_mlops import registry
+from tabular_mlops.mlflow import registry
 uri, folder, me, rounds = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 mlflow.set_tracking_uri(uri)
 for round in range(rounds):

@@ -8,10 +8,10 @@ import pytest
 from mlflow.types import ColSpec, Schema
 from tabular_custom_model import ChurnModel, Output, Param, Setting
 
-from tabular_mlops import scoring
-from tabular_mlops.config import BatchConfig
-from tabular_mlops.errors import DataError
-from tabular_mlops.scoring import ScoringModel
+from tabular_mlops.core.errors import DataError
+from tabular_mlops.core.sections import BatchConfig
+from tabular_mlops.jobs import pandas_engine, score_io, scoring_model
+from tabular_mlops.jobs.scoring_model import ScoringModel
 
 INPUTS = Schema(
     [
@@ -34,11 +34,19 @@ def a_model(max_rows: int = 10_000) -> ScoringModel:
 
 
 def test_the_names_it_relies_on_are_the_custom_models() -> None:
-    assert scoring.MAX_ROWS_SETTING == Setting.MAX_ROWS
-    assert scoring.THRESHOLD_SETTING == Setting.THRESHOLD
-    assert scoring.BAND_LABELS_SETTING == Setting.RISK_BAND_LABELS
-    assert (scoring.EXPLAIN_PARAM, scoring.THRESHOLD_PARAM) == (Param.EXPLAIN, Param.THRESHOLD)
-    assert (scoring.PROBABILITY, scoring.DECISION, scoring.RISK_BAND, scoring.REASONS) == (
+    assert scoring_model.MAX_ROWS_SETTING == Setting.MAX_ROWS
+    assert scoring_model.THRESHOLD_SETTING == Setting.THRESHOLD
+    assert scoring_model.BAND_LABELS_SETTING == Setting.RISK_BAND_LABELS
+    assert (scoring_model.EXPLAIN_PARAM, scoring_model.THRESHOLD_PARAM) == (
+        Param.EXPLAIN,
+        Param.THRESHOLD,
+    )
+    assert (
+        scoring_model.PROBABILITY,
+        scoring_model.DECISION,
+        scoring_model.RISK_BAND,
+        scoring_model.REASONS,
+    ) == (
         Output.PROBABILITY,
         Output.DECISION,
         Output.RISK_BAND,
@@ -49,8 +57,8 @@ def test_the_names_it_relies_on_are_the_custom_models() -> None:
 def test_the_output_schema_is_the_ids_then_every_output_of_the_model(tmp_path) -> None:
     path = tmp_path / "rows.parquet"
     pd.DataFrame({"id": [7], "tenure": [1.0], "contract": ["One year"]}).to_parquet(path)
-    source = scoring.open_input(path, a_model(), ["id"])
-    schema = scoring.output_schema(a_model(), source)
+    source = score_io.open_input(path, INPUTS, ["id"])
+    schema = score_io.output_schema(a_model().outputs, source)
     reason = pa.struct([("contribution", pa.float64()), ("feature", pa.string())])
     assert schema == pa.schema(
         [
@@ -71,8 +79,8 @@ def test_a_csv_means_what_pandas_reads_in_it(tmp_path) -> None:
     path.write_text(
         "id,tenure,monthly_charges,contract\n1,3,NA,One year\n2,,20.5,\n3,7,null,NA\n4,1,N/A,n/a\n"
     )
-    source = scoring.open_input(path, a_model(), ["id"])
-    (batch,) = scoring._batches(source, 100)
+    source = score_io.open_input(path, INPUTS, ["id"])
+    (batch,) = pandas_engine._batches(source, 100)
     read = batch.to_pandas()
     expected = pd.read_csv(path)
     pd.testing.assert_frame_equal(
@@ -86,18 +94,18 @@ def test_batches_never_exceed_the_size_asked(tmp_path) -> None:
     path = tmp_path / "rows.parquet"
     frame = pd.DataFrame({"tenure": np.arange(2_500.0), "contract": "One year"})
     pq.write_table(pa.Table.from_pandas(frame), path, row_group_size=1_000)
-    sizes = [len(b) for b in scoring._batches(scoring.open_input(path, a_model(), []), 300)]
+    sizes = [len(b) for b in pandas_engine._batches(score_io.open_input(path, INPUTS, []), 300)]
     assert max(sizes) <= 300
     assert sum(sizes) == 2_500
     settings = BatchConfig(batch_rows=10_000)
-    assert scoring.batch_rows(settings, a_model(max_rows=50)) == 50
+    assert scoring_model.batch_rows(settings, a_model(max_rows=50)) == 50
 
 
 def test_a_missing_column_is_named_before_anything_is_scored(tmp_path) -> None:
     path = tmp_path / "rows.parquet"
     pd.DataFrame({"monthly_charges": [1.0], "contract": ["x"]}).to_parquet(path)
     with pytest.raises(DataError, match=r"lacks required column\(s\): customer_id, tenure$"):
-        scoring.open_input(path, a_model(), ["customer_id"])
+        score_io.open_input(path, INPUTS, ["customer_id"])
 
 
 @pytest.mark.parametrize(
@@ -114,16 +122,16 @@ def test_an_unusable_input_is_one_line(tmp_path, name: str, content: str, messag
     if content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message) as raised:
-        scoring.open_input(path, a_model(), [])
+        score_io.open_input(path, INPUTS, [])
     assert "\n" not in str(raised.value)
 
 
 def test_text_in_a_numeric_column_is_one_line(tmp_path) -> None:
     path = tmp_path / "rows.parquet"
     pd.DataFrame({"tenure": ["3", "abc"], "contract": ["x", "y"]}).to_parquet(path)
-    source = scoring.open_input(path, a_model(), [])
+    source = score_io.open_input(path, INPUTS, [])
     with pytest.raises(DataError, match=r"cannot read input .*abc"):
-        list(scoring._batches(source, 10))
+        list(pandas_engine._batches(source, 10))
 
 
 def test_a_folder_of_parts_is_one_input_with_one_digest(tmp_path) -> None:
@@ -132,20 +140,20 @@ def test_a_folder_of_parts_is_one_input_with_one_digest(tmp_path) -> None:
     for part in range(3):
         frame = pd.DataFrame({"tenure": [float(part)], "contract": ["x"]})
         frame.to_parquet(folder / f"part-{part}.parquet")
-    source = scoring.open_input(folder, a_model(), [])
+    source = score_io.open_input(folder, INPUTS, [])
     assert len(source.files) == 3
-    assert sum(len(b) for b in scoring._batches(source, 10)) == 3
+    assert sum(len(b) for b in pandas_engine._batches(source, 10)) == 3
     (folder / "part-0.parquet").write_bytes((folder / "part-1.parquet").read_bytes())
-    assert scoring.open_input(folder, a_model(), []).digest != source.digest
+    assert score_io.open_input(folder, INPUTS, []).digest != source.digest
 
 
 def test_the_output_appears_only_when_complete(tmp_path) -> None:
     final = tmp_path / "scores"
-    with pytest.raises(RuntimeError), scoring.staged_output(final, overwrite=False) as staging:
+    with pytest.raises(RuntimeError), score_io.staged_output(final, overwrite=False) as staging:
         (staging / "part-00000.parquet").write_text("half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []  # neither the output nor the staging folder
-    with scoring.staged_output(final, overwrite=False) as staging:
+    with score_io.staged_output(final, overwrite=False) as staging:
         (staging / "part-00000.parquet").write_text("first")
         assert not final.exists()
     assert (final / "part-00000.parquet").read_text() == "first"
@@ -156,9 +164,9 @@ def test_an_existing_output_is_replaced_only_when_asked(tmp_path) -> None:
     final.mkdir()
     (final / "old.parquet").write_text("old")
     refused = pytest.raises(DataError, match="exists: pass -P overwrite=true")
-    with refused, scoring.staged_output(final, overwrite=False):
+    with refused, score_io.staged_output(final, overwrite=False):
         pass
-    with scoring.staged_output(final, overwrite=True) as staging:
+    with score_io.staged_output(final, overwrite=True) as staging:
         (staging / "new.parquet").write_text("new")
     assert [p.name for p in final.iterdir()] == ["new.parquet"]
     assert [p.name for p in tmp_path.iterdir()] == ["scores"]
@@ -166,7 +174,7 @@ def test_an_existing_output_is_replaced_only_when_asked(tmp_path) -> None:
 
 def test_parts_roll_over_and_an_empty_output_keeps_its_schema(tmp_path) -> None:
     schema = pa.schema([("id", pa.int64())])
-    with scoring._PartWriter(tmp_path, schema, rows_per_file=4) as writer:
+    with score_io.PartWriter(tmp_path, schema, rows_per_file=4) as writer:
         for start in (0, 3, 6):
             writer.write(pa.table({"id": list(range(start, start + 3))}, schema=schema))
     parts = sorted(tmp_path.iterdir())
@@ -174,14 +182,14 @@ def test_parts_roll_over_and_an_empty_output_keeps_its_schema(tmp_path) -> None:
     assert pq.read_table(tmp_path)["id"].to_pylist() == list(range(9))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with scoring._PartWriter(empty, schema, rows_per_file=4):
+    with score_io.PartWriter(empty, schema, rows_per_file=4):
         pass
     assert pq.read_table(empty).schema == schema
     assert pq.read_table(empty).num_rows == 0
 
 
 def test_the_summary_counts_rows_decisions_bands_and_scores() -> None:
-    summary = scoring.ScoreSummary()
+    summary = scoring_model.ScoreSummary()
     summary.add(np.array([0.1, 0.5, 0.99]), np.array([False, True, True]), ["low", "mid", "hi"])
     summary.add(np.array([1.0]), np.array([True]), ["hi"])
     metrics = summary.metrics(2.0, ["low", "mid", "hi"])

@@ -11,13 +11,19 @@ import mlflow
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
-from steps import custom_model, main, train_basic
-from tabular_mlops import chain, cli, registry, tracking
-from tabular_mlops.chain import ChainContext, StepCall
-from tabular_mlops.cli import ArgumentParser
-from tabular_mlops.config import PromotionConfig, load_config
-from tabular_mlops.errors import StepFailedError
-from tabular_mlops.tags import Tag
+from steps import custom_model as custom_model_step
+from steps import main
+from steps import train_basic as train_basic_step
+from tabular_mlops.cli import commands as cli
+from tabular_mlops.cli.commands import ArgumentParser
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.errors import StepFailedError
+from tabular_mlops.core.names import Tag
+from tabular_mlops.core.sections import PromotionConfig
+from tabular_mlops.jobs import step_cache
+from tabular_mlops.jobs.chain import better_of
+from tabular_mlops.jobs.step_cache import ChainContext, StepCall
+from tabular_mlops.mlflow import registry, runs
 from tests.conftest import CHURN_CONFIG, PROJECT_DIR
 
 
@@ -52,71 +58,71 @@ TRACK = StepCall("track", {"config": Path("config/churn.yaml"), "n_trials": 5, "
 
 
 def test_parameters_are_normalised_by_type() -> None:
-    assert [chain.canonical(v) for v in (5, 5.0, "5", True, 0.25, None)] == [
+    assert [step_cache.canonical(v) for v in (5, 5.0, "5", True, 0.25, None)] == [
         "5", "5", "5", "true", "0.25", "None",
     ]  # fmt: skip
     # `-P n_trials=5` and `-P n_trials=5.0` are one parameter value to `main`.
     assert (
-        main.parse_args(["--n-trials", "5"]).track == main.parse_args(["--n-trials", "5.0"]).track
+        main.parse_args(["--n-trials", "5"]).steps == main.parse_args(["--n-trials", "5.0"]).steps
     )
     assert TRACK.arguments() == {"config": "config/churn.yaml", "n_trials": "5"}
 
 
 def test_the_cache_key_covers_every_input(context: ChainContext) -> None:
-    key = chain.cache_key(TRACK, context)
+    key = step_cache.cache_key(TRACK, context)
     changed = [
         dataclasses.replace(TRACK, parameters={**TRACK.parameters, "n_trials": 6}),
         dataclasses.replace(TRACK, upstream={"train_basic": "r1"}),
         dataclasses.replace(TRACK, entry_point="train_basic"),
     ]
-    assert all(chain.cache_key(call, context) != key for call in changed)
+    assert all(step_cache.cache_key(call, context) != key for call in changed)
     for field, value in [
         ("git_commit", "b" * 40),
         ("config_sha256", "e" * 64),
         ("dataset_digest", "d2"),
     ]:
-        assert chain.cache_key(TRACK, dataclasses.replace(context, **{field: value})) != key
+        assert step_cache.cache_key(TRACK, dataclasses.replace(context, **{field: value})) != key
     # The same inputs, given as other types, give the same key.
     same = dataclasses.replace(TRACK, parameters={**TRACK.parameters, "n_trials": 5.0})
-    assert chain.cache_key(same, context) == key
+    assert step_cache.cache_key(same, context) == key
     # Uncommitted code is never cached.
-    assert chain.cache_key(TRACK, dataclasses.replace(context, git_commit=None)) is None
+    assert step_cache.cache_key(TRACK, dataclasses.replace(context, git_commit=None)) is None
 
 
 def test_a_step_runs_once_then_is_reused(context: ChainContext) -> None:
     launcher = FakeLauncher()
     call = dataclasses.replace(TRACK, upstream={"train_basic": "r1"})
-    first = chain.run_step(call, context, launcher)
-    again = chain.run_step(call, context, launcher)
+    first = step_cache.run_step(call, context, launcher)
+    again = step_cache.run_step(call, context, launcher)
     assert not first.reused and again.reused
     assert again.run_id == first.run_id and len(launcher.calls) == 1
-    assert first.run.data.tags[Tag.CACHE_KEY] == chain.cache_key(call, context)
+    assert first.run.data.tags[Tag.CACHE_KEY] == step_cache.cache_key(call, context)
     assert first.run.data.tags[f"{Tag.UPSTREAM_PREFIX}train_basic"] == "r1"
 
     # Another upstream run, or force=true, runs it again.
-    other = chain.run_step(
+    other = step_cache.run_step(
         dataclasses.replace(call, upstream={"train_basic": "r2"}), context, launcher
     )
-    forced = chain.run_step(call, dataclasses.replace(context, force=True), launcher)
+    forced = step_cache.run_step(call, dataclasses.replace(context, force=True), launcher)
     assert not other.reused and not forced.reused and len(launcher.calls) == 3
     # The newest run with the key is the one reused.
-    assert chain.run_step(call, context, launcher).run_id == forced.run_id
+    assert step_cache.run_step(call, context, launcher).run_id == forced.run_id
 
 
 def test_only_finished_runs_are_reused(context: ChainContext) -> None:
     launcher = FakeLauncher()
-    first = chain.run_step(TRACK, context, launcher)
+    first = step_cache.run_step(TRACK, context, launcher)
     mlflow.MlflowClient().set_terminated(first.run_id, "FAILED")
-    assert not chain.run_step(TRACK, context, launcher).reused
+    assert not step_cache.run_step(TRACK, context, launcher).reused
 
 
 def test_uncommitted_code_is_never_cached(context: ChainContext) -> None:
     launcher, dirty = FakeLauncher(), dataclasses.replace(context, git_commit=None)
-    first = chain.run_step(TRACK, dirty, launcher)
+    first = step_cache.run_step(TRACK, dirty, launcher)
     assert Tag.CACHE_KEY not in first.run.data.tags
-    assert not chain.run_step(TRACK, dirty, launcher).reused
+    assert not step_cache.run_step(TRACK, dirty, launcher).reused
     # Nor does a later clean run reuse it.
-    assert not chain.run_step(TRACK, context, launcher).reused
+    assert not step_cache.run_step(TRACK, context, launcher).reused
     assert len(launcher.calls) == 3
 
 
@@ -137,12 +143,12 @@ def test_a_run_is_reused_only_while_its_alias_stays(context: ChainContext) -> No
 
     launcher = AliasingLauncher()
     call = StepCall("register", {"run_id": "r"})
-    first = chain.run_step(call, context, launcher)
+    first = step_cache.run_step(call, context, launcher)
     assert first.run.data.tags[Tag.CHAMPION_URI] == "models:/m/1"
-    assert chain.run_step(call, context, launcher).reused
+    assert step_cache.run_step(call, context, launcher).reused
     registry.move_alias("m", "champion", 2)  # a rollback or another promotion since
     assert not registry.alias_still_at(mlflow.get_run(first.run_id))
-    rerun = chain.run_step(call, context, launcher)
+    rerun = step_cache.run_step(call, context, launcher)
     assert not rerun.reused and rerun.run.data.tags[Tag.CHAMPION_URI] == "models:/m/2"
 
 
@@ -150,8 +156,8 @@ def test_a_step_parameter_is_checked_by_the_steps_parser_before_any_work(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     for argv, message in [
-        (["--n-trials", "abc"], "track: error: parameter n_trials: expected a whole number"),
-        (["--n-estimators", "1.5"], "train_basic: error: parameter n_estimators"),
+        (["--n-trials", "abc"], "main: error: parameter n_trials: expected a whole number"),
+        (["--n-estimators", "1.5"], "main: error: parameter n_estimators"),
         (["--n-tri", "3"], "main: error: unrecognized arguments: --n-tri 3"),
         (["--force", "maybe"], "main: error: parameter force: expected true or false"),
     ]:
@@ -202,9 +208,11 @@ def test_the_candidate_is_the_better_run(
     for entry_point, value in (("train_basic", basic), ("track", tuned)):
         with mlflow.start_run() as run:
             mlflow.log_metric(metric, value)
-        runs[entry_point] = chain.StepRun(entry_point, mlflow.get_run(run.info.run_id), False, 0)
+        runs[entry_point] = step_cache.StepRun(
+            entry_point, mlflow.get_run(run.info.run_id), False, 0
+        )
     promotion = PromotionConfig(metric=metric, threshold=0.5, min_improvement=0.001)
-    assert main.better_of(runs["train_basic"], runs["track"], promotion).entry_point == chosen
+    assert better_of(runs["train_basic"], runs["track"], promotion).entry_point == chosen
 
 
 def test_a_failed_step_is_reported_with_the_reason_it_recorded(context: ChainContext) -> None:
@@ -219,7 +227,7 @@ def test_a_failed_step_is_reported_with_the_reason_it_recorded(context: ChainCon
             },
         )
         error = mlflow.exceptions.ExecutionException("Run failed")
-        message = chain._failure("custom_model", context, error)
+        message = step_cache._failure("custom_model", context, error)
     assert message == (
         f"step custom_model failed (run {child.info.run_id}): "
         "the model failed to predict in isolated_env_conda"
@@ -227,7 +235,8 @@ def test_a_failed_step_is_reported_with_the_reason_it_recorded(context: ChainCon
 
 
 @pytest.mark.parametrize(
-    ("step", "alias"), [(train_basic, "latest"), (custom_model, "V3"), (train_basic, "a b")]
+    ("step", "alias"),
+    [(train_basic_step, "latest"), (custom_model_step, "V3"), (train_basic_step, "a b")],
 )
 def test_an_alias_parameter_is_checked_before_any_run(
     tracking_uri: str, caplog: pytest.LogCaptureFixture, step: ModuleType, alias: str
@@ -259,7 +268,7 @@ def stand_in_project(context: ChainContext) -> ChainContext:
 def run_in_process(
     context: ChainContext, step_main: object, entry_point: str = "step", **parameters: object
 ) -> str:
-    launcher = chain.in_process_launcher({"stand_in.step": step_main})
+    launcher = step_cache.in_process_launcher({"stand_in.step": step_main})
     with mlflow.start_run(experiment_id=context.experiment_id) as parent:
         os.environ["MLFLOW_RUN_ID"] = "left-as-it-was"  # the step's own value is restored
         run_id = launcher(StepCall(entry_point, parameters), context)
@@ -275,7 +284,7 @@ def test_a_step_runs_in_process_as_mlflow_run_would_start_it(
 
     def step_main(argv: list[str]) -> int:
         seen.update(argv=argv, cwd=Path.cwd(), run_id=os.environ["MLFLOW_RUN_ID"])
-        with tracking.project_run(load_config(CHURN_CONFIG), "step") as run:
+        with runs.project_run(load_config(CHURN_CONFIG), "step") as run:
             mlflow.log_metric("size", float(argv[1]))
             seen["logged_to"] = run.info.run_id
         return 0
@@ -348,11 +357,11 @@ def test_steps_of_other_env_managers_run_as_child_runs_of_mlflow_run(
     project_dir.mkdir()
     (project_dir / "MLproject").write_text(LAUNCHED_PROJECT)
     launched = dataclasses.replace(context, project_dir=project_dir)
-    assert chain.launcher_for("uv", {}) is chain.launch
+    assert step_cache.launcher_for("uv", {}) is step_cache.launch
     with mlflow.start_run(experiment_id=context.experiment_id) as parent:
-        run_id = chain.launch(StepCall("step", {"size": 5}), launched)
+        run_id = step_cache.launch(StepCall("step", {"size": 5}), launched)
         with pytest.raises(StepFailedError, match="failing"):
-            chain.launch(StepCall("failing", {}), launched)
+            step_cache.launch(StepCall("failing", {}), launched)
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"size": "5"}
     assert run.data.tags[MLFLOW_PARENT_RUN_ID] == parent.info.run_id

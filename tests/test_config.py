@@ -1,9 +1,12 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tabular_mlops.config import load_config
-from tabular_mlops.errors import ConfigError
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.errors import ConfigError
+from tabular_mlops.core.pipeline import check_lightgbm_names
 from tests.conftest import CHURN_CONFIG, churn_settings, write_config
 
 
@@ -59,7 +62,6 @@ def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
         ({"split": {"test_size": 1.5}}, r"split\.test_size: .*less than 1 \(got 1\.5\)"),
         ({"model": {"learning_rate": "fast"}}, r"model\.learning_rate: .*valid number"),
         ({"model": {"n_estimatorz": 10}}, r"model\.n_estimatorz: unknown setting"),
-        ({"model": {"params": {"max_dpeth": 3}}}, r"unknown LightGBM parameter\(s\): max_dpeth"),
         ({"model": {"params": {"n_estimators": 3}}}, r"n_estimators outside model\.params"),
         ({"tracking": {"alias": "latest"}}, r"alias 'latest' is reserved"),
         ({"tracking": {"alias": "Latest"}}, r"alias 'Latest' is reserved"),
@@ -97,7 +99,46 @@ def test_invalid_settings_are_one_line_errors(
 def test_lightgbm_aliases_and_booster_params_are_accepted(tmp_path: Path) -> None:
     params = {"min_data_in_leaf": 5, "feature_fraction": 0.9, "max_bin": 63, "max_depth": 4}
     path = write_config(tmp_path / "c.yaml", churn_settings(), model={"params": params})
-    assert load_config(path).model.params == params
+    config = load_config(path)
+    assert config.model.params == params
+    check_lightgbm_names(config.model, config.tuning)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"model": {"params": {"max_dpeth": 3}}},
+            "model.params: unknown LightGBM parameter(s): max_dpeth",
+        ),
+        (
+            {"tuning": {"search_space": {"colsample": {"type": "float", "low": 0.1, "high": 1}}}},
+            "tuning.search_space: unknown LightGBM parameter(s): colsample",
+        ),
+    ],
+)
+def test_lightgbm_names_are_checked_before_a_model_is_built(
+    tmp_path: Path, changes: dict[str, dict[str, object]], message: str
+) -> None:
+    # Not when the config loads: that would import LightGBM for every command.
+    config = load_config(write_config(tmp_path / "c.yaml", churn_settings(), **changes))
+    with pytest.raises(ConfigError) as caught:
+        check_lightgbm_names(config.model, config.tuning)
+    assert str(caught.value) == message
+
+
+def test_loading_the_shipped_config_imports_no_training_library() -> None:
+    """In a fresh interpreter: loading (and validating) the shipped config, as `main` does
+    to find cached steps, imports none of LightGBM, scikit-learn or Optuna."""
+    code = (
+        "import sys\n"
+        "from tabular_mlops.core.config import load_config\n"
+        f"load_config({str(CHURN_CONFIG)!r}).require_tuning()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'lightgbm', 'sklearn', 'optuna'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_missing_required_section_is_named(tmp_path: Path) -> None:

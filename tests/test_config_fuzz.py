@@ -10,9 +10,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steps.main import OVERRIDES as MAIN_OVERRIDES
-from tabular_mlops.config import ProjectConfig, load_config
-from tabular_mlops.errors import ConfigError
+from tabular_mlops.core.config import ProjectConfig, load_config
+from tabular_mlops.core.errors import ConfigError
+from tabular_mlops.jobs.entry_points import MAIN
 from tests.conftest import churn_settings
 
 SHIPPED = churn_settings()
@@ -24,7 +24,7 @@ YAML_VALUES = st.recursive(
     ),
     max_leaves=6,
 )
-OVERRIDE_KEYS = sorted(set(MAIN_OVERRIDES.values()) | {"model.n_estimators", "split.seed"})
+OVERRIDE_KEYS = sorted(set(MAIN.overrides().values()) | {"model.n_estimators", "split.seed"})
 
 
 def _paths(tree: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -17,18 +17,21 @@ from mlflow.exceptions import MlflowException
 from mlflow.types import ColSpec, Schema
 from sklearn.metrics import confusion_matrix
 
-from steps import custom_model, register, train_basic
-from tabular_mlops import data, packaging, pipeline_flavor, processes, registry, wrapper
-from tabular_mlops.config import (
-    CostMatrix,
-    DecisionConfig,
-    ProjectConfig,
-    TrustConfig,
-)
-from tabular_mlops.errors import ConfigError, PromotionError
-from tabular_mlops.pipeline import build_pipeline, input_column_of_encoded_features
-from tabular_mlops.tags import Tag
-from tabular_mlops.thresholds import expected_cost, tune_threshold
+from tabular_mlops.cli.commands import parser_for
+from tabular_mlops.core import data
+from tabular_mlops.core.config import ProjectConfig
+from tabular_mlops.core.errors import ConfigError, PromotionError
+from tabular_mlops.core.names import Artifact, Tag
+from tabular_mlops.core.pipeline import build_pipeline, input_column_of_encoded_features
+from tabular_mlops.core.sections import CostMatrix, DecisionConfig, TrustConfig
+from tabular_mlops.core.thresholds import expected_cost, tune_threshold
+from tabular_mlops.jobs import checks
+from tabular_mlops.jobs.entry_points import CUSTOM_MODEL
+from tabular_mlops.jobs.register import register
+from tabular_mlops.jobs.train import TrainResult, train_basic
+from tabular_mlops.jobs.wrap import CustomModelResult, custom_model
+from tabular_mlops.mlflow import pipeline_model, registry, service_model, shipped_code
+from tabular_mlops.runtime import processes
 from tests.conftest import (
     PROJECT_DIR,
     leave_no_run_behind,
@@ -52,8 +55,8 @@ def config_for(overrides: dict[str, Any] | None = None) -> ProjectConfig:
 @dataclass(frozen=True)
 class Wrapped:
     directory: Path
-    trained: train_basic.TrainResult
-    result: custom_model.CustomModelResult
+    trained: TrainResult
+    result: CustomModelResult
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +66,8 @@ def wrapped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wrapped]:
     with pytest.MonkeyPatch.context() as monkeypatch:
         point_mlflow_at(directory, monkeypatch)
         config = config_for({"model_code.wheel_dir": str(directory / "wheels")})
-        trained = train_basic.train_basic(config)
-        result = custom_model.custom_model(config)
+        trained = train_basic(config)
+        result = custom_model(config)
         yield Wrapped(directory, trained, result)
         leave_no_run_behind()
 
@@ -91,7 +94,7 @@ def test_wraps_the_fallback_alias_and_registers_with_champion(store: Wrapped) ->
     assert result.source_uri == f"models:/trainer/{store.trained.registered_version}"
     assert registry.aliases(SERVICE) == {"champion": 1}
     version = mlflow.MlflowClient().get_model_version(SERVICE, "1")
-    assert version.run_id == result.run_id and version.tags[registry.REVIEW_TAG] == "passed"
+    assert version.run_id == result.run_id and version.tags[Tag.REVIEW] == "passed"
     run = mlflow.get_run(result.run_id)
     assert run.data.tags[Tag.SOURCE_MODEL_URI] == result.source_uri
     assert run.data.tags[Tag.CHECKS] == "in_process, fresh_process"
@@ -106,7 +109,7 @@ def test_logged_model_carries_its_code_wheel_and_pipeline_without_pickle(store: 
     code = sorted(path.name for path in (model_dir / "code").iterdir())
     (wheel,) = [name for name in code if name.endswith(".whl")]
     assert wheel.startswith(
-        f"tabular_custom_model-0.1.0+{packaging.content_hash(PROJECT_DIR / 'custom_model')}"
+        f"tabular_custom_model-0.1.0+{shipped_code.content_hash(PROJECT_DIR / 'custom_model')}"
     )
     assert "tabular_custom_model" in code
     requirements = (model_dir / "requirements.txt").read_text().splitlines()
@@ -127,7 +130,7 @@ def test_logged_model_carries_its_code_wheel_and_pipeline_without_pickle(store: 
 
 @TRAINS
 def test_checks_are_logged_identical(store: Wrapped) -> None:
-    report = mlflow.artifacts.load_dict(f"runs:/{store.result.run_id}/{wrapper.CHECKS_ARTIFACT}")
+    report = mlflow.artifacts.load_dict(f"runs:/{store.result.run_id}/{Artifact.CHECKS}")
     assert set(report) == {"in_process", "fresh_process"}
     assert report["fresh_process"] == report["in_process"]
     answer = report["in_process"]["predictions"]  # columnar: one list per output
@@ -228,7 +231,7 @@ def test_a_wrapper_run_is_never_a_register_candidate(store: Wrapped) -> None:
     # metric is the pipeline's; raised here): still not a pipeline.
     mlflow.MlflowClient().log_metric(store.result.run_id, "roc_auc", 0.99, step=1)
     config = config_for({"tracking.registered_model_name": "registered"})
-    decision = register.register(config).decision
+    decision = register(config).decision
     assert decision.candidate_run_id == store.trained.run_id
     assert mlflow.get_run(store.result.run_id).data.tags[Tag.MODEL_TYPE] == "pyfunc-wrapper"
 
@@ -248,11 +251,11 @@ def test_a_model_answering_differently_elsewhere_gets_no_alias(
     store: Wrapped, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def tampered(model_dir: Path, timeout_seconds: float) -> dict[str, Any]:
-        answer = wrapper.predict_in_process(model_dir)
+        answer = checks.predict_in_process(model_dir)
         answer["predictions"]["probability"][0] += 1e-12
         return answer
 
-    monkeypatch.setattr(wrapper, "predict_in_fresh_process", tampered)
+    monkeypatch.setattr(checks, "predict_in_fresh_process", tampered)
     config = config_for(
         {
             "custom_model.registered_model_name": "tampered",
@@ -260,10 +263,10 @@ def test_a_model_answering_differently_elsewhere_gets_no_alias(
         }
     )
     with pytest.raises(PromotionError, match="answer in fresh_process differs from the in-proc"):
-        custom_model.custom_model(config, model_uri=store.result.source_uri)
+        custom_model(config, model_uri=store.result.source_uri)
     assert registry.aliases("tampered") == {}
     version = mlflow.MlflowClient().get_model_version("tampered", "1")
-    assert version.tags[registry.REVIEW_TAG] == "failed_check"
+    assert version.tags[Tag.REVIEW] == "failed_check"
 
 
 @TRAINS
@@ -276,10 +279,10 @@ def test_a_check_that_does_not_answer_in_time_gets_no_alias(store: Wrapped) -> N
         }
     )
     with pytest.raises(PromotionError, match=r"fresh_process: .* did not answer within 0\.05 s"):
-        custom_model.custom_model(config, model_uri=store.result.source_uri)
+        custom_model(config, model_uri=store.result.source_uri)
     assert registry.aliases("slow") == {}
     version = mlflow.MlflowClient().get_model_version("slow", "1")
-    assert version.tags[registry.REVIEW_TAG] == "failed_check"
+    assert version.tags[Tag.REVIEW] == "failed_check"
 
 
 def test_a_check_process_out_of_time_is_stopped_with_what_it_started(tmp_path: Path) -> None:
@@ -291,7 +294,7 @@ def test_a_check_process_out_of_time_is_stopped_with_what_it_started(tmp_path: P
     )
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"^sleeper did not answer within 2 s"):
-        wrapper._run([sys.executable, "-c", script], str(tmp_path), "sleeper", 2)
+        checks._finish(checks._start([sys.executable, "-c", script], str(tmp_path)), "sleeper", 2)
     assert time.monotonic() - started < 10
     # Killed with its group (SIGKILL lands at once, the teardown may take a moment): gone,
     # or a zombie waiting for whoever adopted it.
@@ -313,10 +316,10 @@ def test_a_pickled_pipeline_is_wrapped_only_if_its_author_is_trusted(store: Wrap
         }
     )
     with pytest.raises(PromotionError, match=r"is saved with cloudpickle, not skops: loading"):
-        custom_model.custom_model(config, model_uri=pickled.model_uri)
+        custom_model(config, model_uri=pickled.model_uri)
     assert not mlflow.MlflowClient().search_registered_models("name = 'from-pickle'")
     trusting = config.model_copy(update={"trust": TrustConfig(allow_pickle=True)})
-    result = custom_model.custom_model(trusting, model_uri=pickled.model_uri)
+    result = custom_model(trusting, model_uri=pickled.model_uri)
     assert registry.aliases("from-pickle") == {"champion": result.registered_version}
 
 
@@ -326,12 +329,12 @@ def test_a_pickled_pipeline_is_wrapped_only_if_its_author_is_trusted(store: Wrap
 def test_wheel_version_follows_the_content(tmp_path: Path) -> None:
     package = tmp_path / "package"
     shutil.copytree(PROJECT_DIR / "custom_model", package)
-    first = packaging.build_wheel(package, tmp_path / "wheels")
-    assert packaging.build_wheel(package, tmp_path / "wheels") == first  # reused
+    first = shipped_code.build_wheel(package, tmp_path / "wheels")
+    assert shipped_code.build_wheel(package, tmp_path / "wheels") == first  # reused
     (package / "src" / "tabular_custom_model" / "model.py").write_text(
         (package / "src" / "tabular_custom_model" / "model.py").read_text() + "\n# changed\n"
     )
-    second = packaging.build_wheel(package, tmp_path / "wheels")
+    second = shipped_code.build_wheel(package, tmp_path / "wheels")
     assert second != first and second.is_file()
     assert second.name.startswith("tabular_custom_model-0.1.0+")
 
@@ -339,30 +342,30 @@ def test_wheel_version_follows_the_content(tmp_path: Path) -> None:
 def test_a_broken_wheel_is_rebuilt_and_an_intact_one_reused(tmp_path: Path) -> None:
     package = tmp_path / "package"
     shutil.copytree(PROJECT_DIR / "custom_model", package)
-    wheel = packaging.build_wheel(package, tmp_path / "wheels")
+    wheel = shipped_code.build_wheel(package, tmp_path / "wheels")
     intact = wheel.read_bytes()
     assert sorted(p.name for p in wheel.parent.iterdir()) == [wheel.name, f"{wheel.name}.sha256"]
     wheel.write_bytes(intact[: len(intact) // 2])  # a copy cut short
-    assert packaging.build_wheel(package, tmp_path / "wheels") == wheel
+    assert shipped_code.build_wheel(package, tmp_path / "wheels") == wheel
     assert wheel.read_bytes() == intact  # rebuilt: the build is reproducible
     built_at = wheel.stat().st_mtime_ns
-    assert packaging.build_wheel(package, tmp_path / "wheels") == wheel
+    assert shipped_code.build_wheel(package, tmp_path / "wheels") == wheel
     assert wheel.stat().st_mtime_ns == built_at  # reused
     Path(f"{wheel}.sha256").unlink()  # a build interrupted before its hash was recorded
-    packaging.build_wheel(package, tmp_path / "wheels")
+    shipped_code.build_wheel(package, tmp_path / "wheels")
     assert wheel.stat().st_mtime_ns != built_at
 
 
 def test_model_config_keys_are_the_package_settings() -> None:
     settings = {value for key, value in vars(tabular_custom_model.Setting).items() if key.isupper()}
     config = config_for()
-    assert set(wrapper.CHECK_PARAMS) <= {
+    assert set(checks.CHECK_PARAMS) <= {
         value for key, value in vars(tabular_custom_model.Param).items() if key.isupper()
     }
     inputs = Schema([ColSpec("double", "tenure")])
-    assert set(wrapper.model_config(0.5, config.custom_model, inputs)) == settings
-    assert pipeline_flavor.INPUT_SCHEMA == tabular_custom_model.Setting.INPUT_SCHEMA
-    assert pipeline_flavor.PIPELINE_ARTIFACT == tabular_custom_model.PIPELINE_ARTIFACT
+    assert set(service_model.model_config(0.5, config.custom_model, inputs)) == settings
+    assert pipeline_model.INPUT_SCHEMA == tabular_custom_model.Setting.INPUT_SCHEMA
+    assert pipeline_model.PIPELINE_ARTIFACT == tabular_custom_model.PIPELINE_ARTIFACT
 
 
 def test_expected_cost_counts_each_outcome() -> None:
@@ -414,6 +417,8 @@ def test_bad_custom_model_settings_are_config_errors(changes: dict[str, Any], me
 
 
 def test_parameters_parse() -> None:
-    args = custom_model.parse_args(["--model-uri", "", "--check-env-manager", ""])
+    args = parser_for(CUSTOM_MODEL).parse_args(["--model-uri", "", "--check-env-manager", ""])
     assert args.model_uri is None and args.check_env_manager is None
-    assert custom_model.parse_args(["--check-env-manager", "uv"]).check_env_manager == "uv"
+    assert (
+        parser_for(CUSTOM_MODEL).parse_args(["--check-env-manager", "uv"]).check_env_manager == "uv"
+    )

@@ -5,9 +5,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from tabular_mlops.config import DataConfig, SplitConfig
-from tabular_mlops.data import infer_separator, load_table, prepare, split
-from tabular_mlops.errors import DataError
+from tabular_mlops.core.data import load_table, prepare, split
+from tabular_mlops.core.errors import DataError
+from tabular_mlops.core.sections import DataConfig, SplitConfig
+from tabular_mlops.core.tables import infer_separator
 from tests.conftest import CHURN_CSV, churn_frame, churn_settings, mixed_table
 
 

@@ -9,9 +9,10 @@ import mlflow
 import pytest
 from mlflow.tracking._model_registry import utils as registry_utils
 
-from tabular_mlops.config import load_config, unity_catalog_problem
-from tabular_mlops.errors import ConfigError
-from tabular_mlops.tracking import configure_tracking
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.errors import ConfigError
+from tabular_mlops.core.sections import unity_catalog_problem
+from tabular_mlops.mlflow.runs import configure_tracking
 from tests.conftest import CHURN_CONFIG, PROJECT_DIR
 
 DATABRICKS_CONFIG = PROJECT_DIR / "config" / "databricks.yaml"

@@ -15,8 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from tabular_custom_model import ChurnModel
 
-from steps import batch_score, custom_model, train_basic
-from tabular_mlops.tags import Tag
+from steps import batch_score as batch_score_step
+from tabular_mlops.core.names import Tag
+from tabular_mlops.jobs.train import train_basic
+from tabular_mlops.jobs.wrap import custom_model
 from tests.conftest import (
     CHURN_CONFIG,
     churn_frame,
@@ -59,8 +61,8 @@ def scoring(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Scoring:
     )
     with pytest.MonkeyPatch.context() as monkeypatch:
         store = point_mlflow_at(folder, monkeypatch)
-        train_basic.train_basic(config)
-        custom_model.custom_model(config)
+        train_basic(config)
+        custom_model(config)
         leave_no_run_behind()
     rows = rows_to_score()
     parts = folder / "parts"
@@ -248,7 +250,7 @@ def score_in_process(scoring: Scoring, monkeypatch: pytest.MonkeyPatch, *argv: s
     experiment behind in the environment for later `mlflow run`s)."""
     point_mlflow_at(scoring.directory, monkeypatch)
     try:
-        return batch_score.main(["--config", str(CHURN_CONFIG), *argv])
+        return batch_score_step.main(["--config", str(CHURN_CONFIG), *argv])
     finally:
         leave_no_run_behind()
 

@@ -24,7 +24,9 @@ import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
 
-from steps import batch_score, custom_model, train_basic
+from steps import batch_score as batch_score_step
+from tabular_mlops.jobs.train import train_basic
+from tabular_mlops.jobs.wrap import custom_model
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
@@ -63,8 +65,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     config = shipped_config({"model.n_estimators": 60, "custom_model.check_env_manager": "none"})
     with pytest.MonkeyPatch.context() as monkeypatch:
         uri = point_mlflow_at(directory, monkeypatch)
-        train_basic.train_basic(config)
-        custom_model.custom_model(config)
+        train_basic(config)
+        custom_model(config)
         leave_no_run_behind()
     (directory / "data").mkdir()
     plain = shutil.copy(CHURN_CSV, directory / "data" / CHURN_CSV.name)
@@ -286,7 +288,7 @@ def test_spark_udf_on_the_csv_as_spark_reads_it(
     from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
-    from tabular_mlops.spark_scoring import spark_session
+    from tabular_mlops.jobs.spark_engine import spark_session
     from tests.test_e2e_batch_score import stop_spark_jvm
 
     mlflow.set_tracking_uri(store.uri)
@@ -331,7 +333,7 @@ def test_batch_score_answers_as_the_model_does(
         for form, path in store.tables.items():
             output = store.directory / f"scores-{form}"
             argv = ["--config", str(CHURN_CONFIG), "--input", str(path), "--output", str(output)]
-            assert batch_score.main(argv) == 0
+            assert batch_score_step.main(argv) == 0
             written = pd.read_parquet(output)
             assert_same(
                 written[["probability", "decision", "risk_band"]], expected[SERVICE, form], form
@@ -339,7 +341,7 @@ def test_batch_score_answers_as_the_model_does(
         # The pipeline is not a model batch_score scores with: one line, nothing written.
         argv = ["--config", str(CHURN_CONFIG), "--input", str(store.tables["plain"])]
         argv += ["--output", str(store.directory / "never"), "--model-uri", PIPELINE]
-        assert batch_score.main(argv) == 1
+        assert batch_score_step.main(argv) == 1
         assert not (store.directory / "never").exists()
     finally:
         leave_no_run_behind()

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from mlflow.pyfunc.scoring_server import predictions_to_json
 
-from bench.interrupts import ISOLATED_CHECK, interrupt
-from tabular_mlops import data
-from tabular_mlops.tags import Tag
+from tabular_mlops.core import data
+from tabular_mlops.core.names import Tag
+from test_support.stopping import ISOLATED_CHECK, interrupt
 from tests.conftest import (
     SERVICE_URI,
     mlflow_run,

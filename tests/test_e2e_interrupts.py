@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.interrupts import Interruption, interrupt, run_is_running
-from tabular_mlops.tuning import TRIAL_TAG
+from tabular_mlops.core.names import Tag
+from test_support.stopping import Interruption, interrupt, run_is_running
 from tests.conftest import mlflow_run_environment, new_store
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,7 @@ def stop(
     group: bool,
     *parameters: str,
 ) -> Interruption:
-    ready = run_is_running("track", TRIAL_TAG)  # a trial is training
+    ready = run_is_running("track", Tag.TRIAL)  # a trial is training
     environment = mlflow_run_environment(project, store)
     return interrupt(project, environment, entry_point, list(parameters), signum, group, ready)
 

@@ -17,9 +17,9 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_PROJECT_ENTRY_POINT,
 )
 
-from bench.servers import LOOPBACK, background_server, free_port
-from tabular_mlops.descriptions import runs_page
-from tabular_mlops.tags import Tag
+from tabular_mlops.core.names import Tag
+from tabular_mlops.mlflow.descriptions import runs_page
+from test_support.servers import LOOPBACK, background_server, free_port
 from tests.conftest import (
     E2E_EXPERIMENT,
     SERVICE_URI,
@@ -267,7 +267,7 @@ def test_a_failing_step_fails_main_and_moves_no_alias(first: MainRun, project: P
 def test_a_bad_parameter_fails_main_before_any_step(first: MainRun, project: Path) -> None:
     # Checked by the step's own parser, before any step runs (an unknown parameter of
     # main's own: tests/test_chain.py).
-    message = "track: error: parameter n_trials: expected a whole number, got 'abc'"
+    message = "main: error: parameter n_trials: expected a whole number, got 'abc'"
     failed = run_main(project, None, "n_trials=abc")
     assert failed.process.returncode != 0
     assert message in failed.process.stderr

@@ -6,7 +6,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tabular_mlops.tags import Tag
+from tabular_mlops.core.names import Tag
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 
 pytestmark = pytest.mark.e2e

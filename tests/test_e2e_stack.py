@@ -24,12 +24,12 @@ from mlflow.utils.mlflow_tags import (
     MLFLOW_PROJECT_ENTRY_POINT,
 )
 
-from bench.stack import bucket_keys, scan_stack
-from tabular_mlops import processes
-from tabular_mlops.access import grant_role
-from tabular_mlops.config import load_config
-from tabular_mlops.stack import ADMIN, OPTUNA_DATABASE, SERVICES
-from tabular_mlops.tuning import STUDY_TAG, TRIAL_TAG
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.names import Tag
+from tabular_mlops.runtime import processes
+from team_stack.access import grant_role
+from team_stack.settings import ADMIN, OPTUNA_DATABASE, SERVICES
+from test_support.stack import bucket_keys, scan_stack
 from tests.conftest import (
     CHURN_CONFIG,
     E2E_EXPERIMENT,
@@ -262,13 +262,13 @@ def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
     as_user(TRAINER)
     trials = mlflow.search_runs(
         experiment_names=[E2E_EXPERIMENT],
-        filter_string=f"tags.`{STUDY_TAG}` = 'shared-on-stack'",
+        filter_string=f"tags.`{Tag.STUDY}` = 'shared-on-stack'",
         output_format="list",
     )
     by_parent: dict[str, set[int]] = {}
     for trial in trials:
         by_parent.setdefault(trial.data.tags[MLFLOW_PARENT_RUN_ID], set()).add(
-            int(trial.data.tags[TRIAL_TAG])
+            int(trial.data.tags[Tag.TRIAL])
         )
     assert len(by_parent) == 2 and all(len(numbers) == 2 for numbers in by_parent.values())
     first, second = by_parent.values()

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tabular_mlops.pipeline_flavor import declared_inputs
-from tabular_mlops.tags import Tag
+from tabular_mlops.core.names import Tag
+from tabular_mlops.mlflow.pipeline_model import declared_inputs
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 from tests.test_init import trap_table
 
@@ -144,7 +144,7 @@ def test_your_own_table_from_init_to_a_registered_model(project: Path, tmp_path:
     table = tmp_path / "Credit Risk.csv"
     trap_table().to_csv(table, sep=";", index=False, encoding="cp1252")
     init = subprocess.run(
-        [sys.executable, "-m", "tabular_mlops.init", str(table), "--target", "Status",
+        [sys.executable, "-m", "tabular_mlops.cli.init", str(table), "--target", "Status",
          "--positive-label", "bad", "--positive-label", "unknown"],
         cwd=project, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -11,9 +11,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tabular_custom_model.encoding import FeatureEncoder, UnsupportedPipelineError
 
-from tabular_mlops import data
-from tabular_mlops.config import load_config
-from tabular_mlops.pipeline import build_pipeline
+from tabular_mlops.core import data
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.pipeline import build_pipeline
 from tests.conftest import CHURN_CONFIG, CHURN_CSV, mixed_table, write_config
 
 

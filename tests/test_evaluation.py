@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from tabular_mlops.config import ModelConfig
-from tabular_mlops.data import FeatureSpec
-from tabular_mlops.evaluation import log_f1_threshold_metrics
-from tabular_mlops.pipeline import build_pipeline
+from tabular_mlops.core.data import FeatureSpec
+from tabular_mlops.core.pipeline import build_pipeline
+from tabular_mlops.core.sections import ModelConfig
+from tabular_mlops.mlflow.evaluation import log_f1_threshold_metrics
 
 
 def rare_positives(rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:

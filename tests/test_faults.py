@@ -16,11 +16,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import register, train_basic
-from tabular_mlops import registry
-from tabular_mlops.faults import FAULT_ENV, FaultPoint
-from tabular_mlops.promotion import Verdict
-from tabular_mlops.tags import Tag
+from tabular_mlops.core.names import Tag, Verdict
+from tabular_mlops.jobs.register import register
+from tabular_mlops.jobs.train import train_basic
+from tabular_mlops.mlflow import registry
+from tabular_mlops.runtime.faults import FAULT_ENV, FaultPoint
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
@@ -51,10 +51,10 @@ def assert_invariants(name: str) -> dict[str, int]:
     """No alias move left half-done; `champion` passed its review; `previous-champion`,
     if set, is another version. The aliases, for more checks."""
     client = mlflow.MlflowClient()
-    assert registry.ALIAS_INTENT_TAG not in client.get_registered_model(name).tags
+    assert Tag.ALIAS_MOVES not in client.get_registered_model(name).tags
     aliases = registry.aliases(name)
     champion = client.get_model_version(name, str(aliases[CHAMPION]))
-    assert champion.tags[registry.REVIEW_TAG] == Verdict.PASSED
+    assert champion.tags[Tag.REVIEW] == Verdict.PASSED
     assert aliases.get(PREVIOUS) != aliases[CHAMPION]
     return aliases
 
@@ -94,7 +94,7 @@ def test_a_chain_killed_before_its_model_is_logged_is_reaped_and_rerun(
     assert [entry_point(run) for run in left["RUNNING"]] == ["train_basic"]
     assert mlflow.MlflowClient().search_model_versions(f"name = '{PIPELINES}'") == []
 
-    reaped = register.register(shipped_config(), "reap").stale  # `register -P action=reap`
+    reaped = register(shipped_config(), "reap").stale  # `register -P action=reap`
     (stale,) = left["RUNNING"]
     assert [run.run_id for run in reaped] == [stale.info.run_id]
     run = mlflow.get_run(stale.info.run_id)
@@ -127,7 +127,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
 
         def trained(trees: int, leaves: int) -> str:
             overrides = {"model.n_estimators": trees, "model.num_leaves": leaves}
-            return train_basic.train_basic(shipped_config(overrides)).run_id
+            return train_basic(shipped_config(overrides)).run_id
 
         pool = Pool(directory, trained(5, 2), trained(15, 4), trained(60, 31))
         leave_no_run_behind()
@@ -145,7 +145,7 @@ def pool_copy(pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
 def test_a_review_killed_between_the_alias_moves_is_completed_by_the_next(
     pool: Pool, pool_copy: str, project: Path
 ) -> None:
-    register.register(shipped_config({"promotion.threshold": 0.5}), "promote", pool.weak)
+    register(shipped_config({"promotion.threshold": 0.5}), "promote", pool.weak)
     weak, strong = version_of(pool.weak), version_of(pool.strong)
     assert promotion_aliases(PIPELINES) == {CHAMPION: weak}
     leave_no_run_behind()
@@ -160,9 +160,9 @@ def test_a_review_killed_between_the_alias_moves_is_completed_by_the_next(
     assert killed.returncode != 0
     # Torn: previous-champion moved, champion not yet; the intent says what is left.
     assert promotion_aliases(PIPELINES) == {CHAMPION: weak, PREVIOUS: weak}
-    assert registry.ALIAS_INTENT_TAG in mlflow.MlflowClient().get_registered_model(PIPELINES).tags
+    assert Tag.ALIAS_MOVES in mlflow.MlflowClient().get_registered_model(PIPELINES).tags
 
-    register.register(shipped_config(), "list")  # any later `register` completes the moves first
+    register(shipped_config(), "list")  # any later `register` completes the moves first
     aliases = assert_invariants(PIPELINES)
     assert (aliases[CHAMPION], aliases[PREVIOUS]) == (strong, weak)
     assert "RUNNING" not in runs_by_status()
@@ -177,7 +177,7 @@ def test_a_wrapper_killed_during_its_isolated_check_gets_no_alias_and_the_rerun_
     assert killed.returncode != 0
     client = mlflow.MlflowClient()
     (orphan,) = client.search_model_versions(f"name = '{SERVICE}'")
-    assert orphan.aliases == [] and registry.REVIEW_TAG not in orphan.tags
+    assert orphan.aliases == [] and Tag.REVIEW not in orphan.tags
 
     # The rerun's own isolated check is the e2e custom_model tests' business.
     rerun = mlflow_run(project, pool_copy, "custom_model", "check_env_manager=none")
@@ -192,8 +192,8 @@ _REVIEWER = """
 import json, sys, time
 from pathlib import Path
 import mlflow
-from steps import register
-from tabular_mlops.config import ProjectConfig, load_config
+from tabular_mlops.jobs.register import register
+from tabular_mlops.core.config import ProjectConfig, load_config
 uri, folder, me, rounds, config_path, data_path = sys.argv[1:7]
 mlflow.set_tracking_uri(uri)
 config = load_config(Path(config_path), {"data.path": data_path})
@@ -202,7 +202,7 @@ for round in range(int(rounds)):
     while not start.exists():
         time.sleep(0.005)
     run_id = json.loads(start.read_text())[me]
-    decision = register.register(config, "promote", run_id).decision
+    decision = register(config, "promote", run_id).decision
     moved = decision.applied and decision.verdict == "passed"
     report = {
         "outcome": "moved" if moved else "refused",
@@ -223,7 +223,7 @@ def test_two_full_reviews_at_once_never_break_the_invariants(
     # Versions of the three runs; each round starts from the weak one as champion.
     weak = version_of(pool.weak)  # train_basic registered each run's model
     inputs = (str(CHURN_CONFIG), str(CHURN_CSV))
-    client.set_model_version_tag(PIPELINES, str(weak), registry.REVIEW_TAG, Verdict.PASSED)
+    client.set_model_version_tag(PIPELINES, str(weak), Tag.REVIEW, Verdict.PASSED)
     reviewers = [
         subprocess.Popen(
             [sys.executable, "-c", _REVIEWER, store, str(tmp_path), me, str(ROUNDS), *inputs],

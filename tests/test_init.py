@@ -1,4 +1,4 @@
-"""`python -m tabular_mlops.init`: a config for a table the project never saw."""
+"""`python -m tabular_mlops.cli.init`: a config for a table the project never saw."""
 
 from pathlib import Path
 
@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tabular_mlops import init
-from tabular_mlops.config import load_config
-from tabular_mlops.data import load_table
+from tabular_mlops.cli import init
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.data import load_table
 from tests.conftest import PROJECT_DIR
 
 TEMPLATE = PROJECT_DIR / "config" / "churn.yaml"

@@ -10,8 +10,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tabular_mlops import interrupts, processes
-from tabular_mlops.tags import Tag
+from tabular_mlops.core.names import Tag
+from tabular_mlops.runtime import interrupts, processes
 from tests.conftest import new_store, users_environment
 
 pytestmark = pytest.mark.e2e  # starts processes
@@ -26,7 +26,8 @@ END_WITHIN_SECONDS = 5.0
 # ready.
 _PROCESS = """
 import os, signal, sys, time
-from tabular_mlops import interrupts, processes
+from tabular_mlops.runtime import interrupts
+from tabular_mlops.runtime import processes
 interrupts.install()
 import mlflow
 

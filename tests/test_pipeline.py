@@ -5,16 +5,15 @@ import pytest
 import skops.io
 from sklearn.pipeline import Pipeline
 
-from tabular_mlops.config import DataConfig, ModelConfig, SplitConfig
-from tabular_mlops.data import LabeledTable, Split, load_table, split
-from tabular_mlops.pipeline import (
-    SKOPS_TRUSTED_TYPES,
+from tabular_mlops.core.data import LabeledTable, Split, load_table, split
+from tabular_mlops.core.pipeline import (
     build_pipeline,
     feature_importance,
     input_column_of_encoded_features,
-    pip_requirements,
     unknown_lightgbm_params,
 )
+from tabular_mlops.core.sections import DataConfig, ModelConfig, SplitConfig
+from tabular_mlops.mlflow.pipeline_model import SKOPS_TRUSTED_TYPES, pip_requirements
 from tests.conftest import churn_settings
 
 FAST_MODEL = ModelConfig(n_estimators=60, learning_rate=0.1, num_leaves=15)

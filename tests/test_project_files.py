@@ -2,12 +2,9 @@
 
 import re
 import tomllib
-from types import ModuleType
 
-import pytest
 import yaml
 
-from steps import batch_score, custom_model, main, register, track, train_basic
 from tests.conftest import PROJECT_DIR
 
 
@@ -49,46 +46,3 @@ def test_every_dependency_is_pinned_and_locked_at_its_pin() -> None:
 
 def test_mlproject_uses_conda_yaml() -> None:
     assert mlproject()["conda_env"] == "conda.yaml"
-
-
-ENTRY_POINTS = [train_basic, track, register, custom_model, batch_score, main]
-
-
-def test_mlproject_declares_every_entry_point() -> None:
-    assert set(mlproject()["entry_points"]) == {step.ENTRY_POINT for step in ENTRY_POINTS}
-
-
-def optional_parameters(entry_point: str) -> dict[str, str]:
-    """The `# optional:` block of an entry point in MLproject: name -> type."""
-    text = (PROJECT_DIR / "MLproject").read_text()
-    block = text.split(f"\n  {entry_point}:\n", 1)[1].split("command:", 1)[0]
-    return dict(re.findall(r"^    #   ([a-z_]+) \((string|float)\)", block, flags=re.MULTILINE))
-
-
-@pytest.mark.parametrize("step", ENTRY_POINTS, ids=lambda step: step.ENTRY_POINT)
-def test_every_parameter_reaches_the_step(step: ModuleType) -> None:
-    entry_point = mlproject()["entry_points"][step.ENTRY_POINT]
-    declared = entry_point["parameters"]
-    optional = optional_parameters(step.ENTRY_POINT)
-    assert entry_point["command"].startswith(f"python -m steps.{step.ENTRY_POINT} ")
-    passed = dict(re.findall(r"--([a-z-]+) \{([a-z_]+)\}", entry_point["command"]))
-    assert sorted(passed.values()) == sorted(declared)
-    assert all(flag == name.replace("_", "-") for flag, name in passed.items())
-    # Declared parameters have a value that means something on the run (never "").
-    assert all(spec["default"] != "" for spec in declared.values())
-    assert {spec["type"] for spec in declared.values()} <= {"string", "float"}
-    # The step's parser takes exactly the declared and the listed optional parameters,
-    # the optional ones as MLflow passes them: `--name value`.
-    accepted = {action.dest for action in step.build_parser()._actions} - {"help"}
-    assert set(declared) | set(optional) == accepted and not set(declared) & set(optional)
-    assert set(step.OVERRIDES) <= set(optional)
-    # The step accepts what MLflow substitutes for every default.
-    argv = [
-        arg
-        for name, spec in declared.items()
-        for arg in (f"--{name.replace('_', '-')}", str(spec["default"]))
-    ]
-    parsed = vars(step.parse_args(argv))
-    assert all(parsed[name] is None for name in step.OVERRIDES)
-    flags = {flag for action in step.build_parser()._actions for flag in action.option_strings}
-    assert {f"--{name}" for name in optional} <= flags

@@ -7,10 +7,10 @@ import mlflow
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
-from tabular_mlops.cli import RedactingFormatter
-from tabular_mlops.config import ProjectConfig, load_config
-from tabular_mlops.redaction import redact, redact_values
-from tabular_mlops.tracking import log_config, project_run
+from tabular_mlops.cli.commands import RedactingFormatter
+from tabular_mlops.core.config import ProjectConfig, load_config
+from tabular_mlops.core.redaction import redact, redact_values
+from tabular_mlops.mlflow.runs import log_config, project_run
 from tests.conftest import CHURN_CONFIG, leave_no_run_behind
 
 SECRET = "s3cr/t@pass"  # an unencoded "/" and "@": the worst case a user may type

@@ -11,12 +11,14 @@ from urllib.parse import urlparse
 import mlflow
 import pytest
 
-from steps import register, train_basic
-from tabular_mlops.config import ProjectConfig, load_config
-from tabular_mlops.errors import PromotionError
-from tabular_mlops.promotion import DECISION_ARTIFACT, Verdict
-from tabular_mlops.registry import REVIEW_TAG
-from tabular_mlops.tags import Tag
+from steps import register as register_step
+from tabular_mlops.cli.commands import parser_for
+from tabular_mlops.core.config import ProjectConfig, load_config
+from tabular_mlops.core.errors import PromotionError
+from tabular_mlops.core.names import Artifact, Tag, Verdict
+from tabular_mlops.jobs.entry_points import REGISTER
+from tabular_mlops.jobs.register import register
+from tabular_mlops.jobs.train import train_basic
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
@@ -52,12 +54,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
     directory = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as monkeypatch:
         point_mlflow_at(directory, monkeypatch)
-        weak = train_basic.train_basic(
-            config_for("trainer", {"model.n_estimators": 5, "model.num_leaves": 2})
-        )
-        strong = train_basic.train_basic(config_for("trainer", {"model.n_estimators": 60}))
+        weak = train_basic(config_for("trainer", {"model.n_estimators": 5, "model.num_leaves": 2}))
+        strong = train_basic(config_for("trainer", {"model.n_estimators": 60}))
         # In its own experiment, so that it is never the experiment's best run.
-        broken = train_basic.train_basic(
+        broken = train_basic(
             config_for("trainer", {"model.n_estimators": 5, "tracking.experiment_name": "broken"})
         )
         location = mlflow.get_logged_model(broken.model_uri.removeprefix("models:/"))
@@ -85,11 +85,11 @@ def version_count(name: str) -> int:
 
 
 def review_of(name: str, version: int) -> str | None:
-    return mlflow.MlflowClient().get_model_version(name, str(version)).tags.get(REVIEW_TAG)
+    return mlflow.MlflowClient().get_model_version(name, str(version)).tags.get(Tag.REVIEW)
 
 
 def decision_record(run_id: str) -> dict[str, Any]:
-    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{DECISION_ARTIFACT}")
+    return mlflow.artifacts.load_dict(f"runs:/{run_id}/{Artifact.DECISION}")
 
 
 # Promotion
@@ -97,7 +97,7 @@ def decision_record(run_id: str) -> dict[str, Any]:
 
 @TRAINS
 def test_first_model_is_judged_by_the_threshold_alone(store: Trained) -> None:
-    result = register.register(config_for("first"), run_id=store.strong)
+    result = register(config_for("first"), run_id=store.strong)
     decision = result.decision
 
     assert decision.verdict == Verdict.PASSED and decision.applied
@@ -129,7 +129,7 @@ def test_first_model_is_judged_by_the_threshold_alone(store: Trained) -> None:
 
 @TRAINS
 def test_first_model_below_the_threshold_is_not_champion(store: Trained) -> None:
-    decision = register.register(config_for("low"), run_id=store.weak).decision
+    decision = register(config_for("low"), run_id=store.weak).decision
     assert decision.verdict == Verdict.REJECTED
     assert "roc_auc value threshold check failed" in decision.reason
     assert aliases("low") == {CHALLENGER: 1}
@@ -139,10 +139,10 @@ def test_first_model_below_the_threshold_is_not_champion(store: Trained) -> None
 @TRAINS
 def test_better_challenger_is_promoted_and_the_old_champion_kept(store: Trained) -> None:
     config = config_for("better", LOW_BAR)
-    register.register(config, run_id=store.weak)
+    register(config, run_id=store.weak)
     assert aliases("better") == {CHAMPION: 1, CHALLENGER: 1}
 
-    decision = register.register(config, run_id=store.strong).decision
+    decision = register(config, run_id=store.strong).decision
     assert decision.verdict == Verdict.PASSED
     assert decision.champion_version == 1 and decision.candidate_version == 2
     assert decision.challenger_metrics["roc_auc"] > decision.champion_metrics["roc_auc"] + 0.001
@@ -153,9 +153,9 @@ def test_better_challenger_is_promoted_and_the_old_champion_kept(store: Trained)
 @TRAINS
 def test_worse_challenger_is_rejected_and_the_champion_untouched(store: Trained) -> None:
     config = config_for("worse", LOW_BAR)
-    register.register(config, run_id=store.strong)
+    register(config, run_id=store.strong)
 
-    result = register.register(config, run_id=store.weak)
+    result = register(config, run_id=store.weak)
     decision = result.decision
     assert decision.verdict == Verdict.REJECTED and decision.applied
     assert "roc_auc minimum absolute change check failed" in decision.reason
@@ -171,11 +171,11 @@ def test_worse_challenger_is_rejected_and_the_champion_untouched(store: Trained)
 def test_registering_a_run_twice_reuses_its_version(store: Trained) -> None:
     config = config_for("twice")
     for _ in range(2):  # rejected (below the threshold) both times
-        assert register.register(config, run_id=store.weak).decision.verdict == Verdict.REJECTED
+        assert register(config, run_id=store.weak).decision.verdict == Verdict.REJECTED
     assert version_count("twice") == 1
 
-    register.register(config, run_id=store.strong)
-    again = register.register(config, run_id=store.strong).decision
+    register(config, run_id=store.strong)
+    again = register(config, run_id=store.strong).decision
     assert again.verdict == Verdict.ALREADY_CHAMPION and not again.applied
     assert again.challenger_metrics == {}  # nothing to evaluate
     assert version_count("twice") == 2
@@ -189,7 +189,7 @@ def test_a_version_train_basic_registered_is_reused(store: Trained) -> None:
         f"name = 'trainer' and run_id = '{store.strong}'"
     )
     before = version_count("trainer")
-    decision = register.register(config_for("trainer"), run_id=store.strong).decision
+    decision = register(config_for("trainer"), run_id=store.strong).decision
     assert decision.verdict == Verdict.PASSED
     assert version_count("trainer") == before
     assert aliases("trainer")[CHAMPION] == int(registered.version)
@@ -201,14 +201,14 @@ def test_a_version_train_basic_registered_is_reused(store: Trained) -> None:
 @TRAINS
 def test_dry_run_reports_and_changes_nothing(store: Trained) -> None:
     # Nothing registered yet: the candidate is evaluated from its run, and not registered.
-    first = register.register(config_for("dry"), run_id=store.strong, dry_run=True).decision
+    first = register(config_for("dry"), run_id=store.strong, dry_run=True).decision
     assert first.verdict == Verdict.PASSED and not first.applied
     assert first.candidate_version is None
     assert [model.name for model in mlflow.search_registered_models()].count("dry") == 0
 
     config = config_for("dry", LOW_BAR)
-    register.register(config, run_id=store.strong)
-    result = register.register(config, run_id=store.weak, dry_run=True)
+    register(config, run_id=store.strong)
+    result = register(config, run_id=store.weak, dry_run=True)
     assert result.decision.verdict == Verdict.REJECTED and not result.decision.applied
     assert result.decision.summary().startswith("dry run, nothing changed: rejected")
     assert version_count("dry") == 1 and aliases("dry") == {CHAMPION: 1, CHALLENGER: 1}
@@ -218,26 +218,26 @@ def test_dry_run_reports_and_changes_nothing(store: Trained) -> None:
 @TRAINS
 def test_rollback_moves_the_champion_back(store: Trained) -> None:
     config = config_for("rollback", LOW_BAR)
-    register.register(config, run_id=store.weak)
-    register.register(config, run_id=store.strong)
+    register(config, run_id=store.weak)
+    register(config, run_id=store.strong)
     assert aliases("rollback")[CHAMPION] == 2
 
-    dry = register.register(config, action="rollback", dry_run=True).decision
+    dry = register(config, action="rollback", dry_run=True).decision
     assert not dry.applied and aliases("rollback")[CHAMPION] == 2
 
-    decision = register.register(config, action="rollback").decision
+    decision = register(config, action="rollback").decision
     assert decision.verdict == Verdict.ROLLED_BACK and decision.applied
     assert aliases("rollback") == {CHAMPION: 1, CHALLENGER: 2}
     assert review_of("rollback", 2) == Verdict.ROLLED_BACK
     # The withdrawn version must not come back by accident: no second rollback, and the
     # next review without a run id passes over its run (the experiment's best).
     with pytest.raises(PromotionError, match="no 'previous-champion' alias: nothing to roll"):
-        register.register(config, action="rollback")
-    decision = register.register(config).decision
+        register(config, action="rollback")
+    decision = register(config).decision
     assert decision.candidate_run_id == store.weak
     assert decision.verdict == Verdict.ALREADY_CHAMPION
     # Asked for by run id, it is judged again.
-    assert register.register(config, run_id=store.strong).decision.verdict == Verdict.PASSED
+    assert register(config, run_id=store.strong).decision.verdict == Verdict.PASSED
 
 
 # A model that cannot serve, and bad input
@@ -248,7 +248,7 @@ def test_challenger_that_fails_to_load_never_gets_an_alias(
     store: Trained, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR):
-        code = register.main(
+        code = register_step.main(
             ["--config", str(CHURN_CONFIG), "--run-id", store.broken, "--data-path", str(CHURN_CSV)]
         )
     assert code == 1
@@ -258,7 +258,7 @@ def test_challenger_that_fails_to_load_never_gets_an_alias(
     (version,) = mlflow.MlflowClient().search_model_versions(
         f"name = '{name}' and run_id = '{store.broken}'"
     )
-    assert version.tags[REVIEW_TAG] == Verdict.FAILED_TO_LOAD
+    assert version.tags[Tag.REVIEW] == Verdict.FAILED_TO_LOAD
     assert aliases(name) == {}
     (run,) = mlflow.search_runs(
         experiment_names=[shipped.experiment_name],
@@ -280,19 +280,19 @@ def test_a_pickled_candidate_is_refused_unless_its_author_is_trusted(
     argv = ["--config", str(CHURN_CONFIG), "--run-id", pickled.run_id]
     argv += ["--data-path", str(CHURN_CSV), "--registered-model-name", "pickled"]
     with caplog.at_level(logging.ERROR):
-        assert register.main(argv) == 1
+        assert register_step.main(argv) == 1
     assert caplog.records[-1].getMessage() == (
         f"model {pickled.model_uri} is saved with cloudpickle, not skops: loading it would run "
         "code of whoever logged it; pass -P allow_pickle=true only if you trust them"
     )
     assert version_count("pickled") == 0  # refused before anything was registered
-    assert register.main([*argv, "--allow-pickle", "true"]) == 0
+    assert register_step.main([*argv, "--allow-pickle", "true"]) == 0
     assert aliases("pickled")[CHAMPION] == 1
 
 
 @TRAINS
 def test_without_run_id_the_best_run_of_the_experiment_is_reviewed(store: Trained) -> None:
-    decision = register.register(config_for("search")).decision
+    decision = register(config_for("search")).decision
     assert decision.candidate_run_id == store.strong
     assert decision.selected_by == "best roc_auc"
 
@@ -301,15 +301,15 @@ def test_without_run_id_the_best_run_of_the_experiment_is_reviewed(store: Traine
 def test_runs_trained_on_another_split_are_not_candidates(store: Trained) -> None:
     config = config_for("split", {"split.seed": 7})
     with pytest.raises(PromotionError, match=r"no finished run in experiment .* this data"):
-        register.register(config)
+        register(config)
     with pytest.raises(PromotionError, match=r"another split \(split.seed 42, not 7\)"):
-        register.register(config, run_id=store.strong)
+        register(config, run_id=store.strong)
 
 
 @TRAINS
 def test_unknown_run_is_a_clear_error(store: Trained) -> None:
     with pytest.raises(PromotionError, match="run 'nope' not found in sqlite:"):
-        register.register(config_for("unknown"), run_id="nope")
+        register(config_for("unknown"), run_id="nope")
 
 
 @TRAINS
@@ -317,12 +317,12 @@ def test_list_prints_versions_with_aliases_and_metrics(
     store: Trained, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = config_for("listed", LOW_BAR)
-    register.register(config, action="list")
+    register(config, action="list")
     assert capsys.readouterr().out == "Versions of listed:\nnone\n"
-    register.register(config, run_id=store.weak)
-    register.register(config, run_id=store.strong)
+    register(config, run_id=store.weak)
+    register(config, run_id=store.strong)
     capsys.readouterr()
-    result = register.register(config, action="list")
+    result = register(config, action="list")
     assert result.decision is None
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "Versions of listed:"
@@ -346,13 +346,15 @@ def test_bad_parameter_exits_2_with_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as caught:
-        register.parse_args(argv)
+        parser_for(REGISTER).parse_args(argv)
     assert caught.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith(f"register: error: {message}") and error.count("\n") == 1
 
 
 def test_parameters_parse() -> None:
-    args = register.parse_args(["--dry-run", "TRUE", "--run-id", "", "--threshold", "0.9"])
+    args = parser_for(REGISTER).parse_args(
+        ["--dry-run", "TRUE", "--run-id", "", "--threshold", "0.9"]
+    )
     assert args.dry_run is True and args.run_id is None and args.threshold == 0.9
-    assert register.parse_args(["--dry-run", ""]).dry_run is False
+    assert parser_for(REGISTER).parse_args(["--dry-run", ""]).dry_run is False

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tabular_mlops import resources
-from tabular_mlops.config import ComputeConfig, ModelConfig
-from tabular_mlops.pipeline import build_classifier, configured_threads
-from tabular_mlops.resources import available_cores, cgroup_cpu_quota, plan_tuning_threads
+from tabular_mlops.core import resources
+from tabular_mlops.core.pipeline import build_classifier, configured_threads
+from tabular_mlops.core.resources import available_cores, cgroup_cpu_quota, plan_tuning_threads
+from tabular_mlops.core.sections import ComputeConfig, ModelConfig
 from tests.conftest import PROJECT_DIR
 
 
@@ -50,7 +50,7 @@ def test_available_cores_is_the_affinity_capped_by_the_quota(
 
 
 def test_compute_threads_default_to_the_available_cores(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tabular_mlops.config.available_cores", lambda: 3)
+    monkeypatch.setattr("tabular_mlops.core.sections.available_cores", lambda: 3)
     assert ComputeConfig().resolved_threads() == 3
     assert ComputeConfig(threads=1).resolved_threads() == 1
 
@@ -98,7 +98,7 @@ def test_openmp_waits_passively_unless_the_environment_says_otherwise(
     if preset is not None:
         env["OMP_WAIT_POLICY"] = preset
     script = (
-        "import os, sys; import tabular_mlops.pipeline; "
+        "import os, sys; import tabular_mlops.core.pipeline; "
         "print('lightgbm' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
     )
     done = subprocess.run(

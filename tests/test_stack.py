@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import free_port
-from tabular_mlops import stack
-from tabular_mlops.stack import (
+from team_stack import stack
+from team_stack.settings import (
     ADMIN_PASSWORD_VARIABLE,
     POSTGRES,
     SEAWEEDFS_PORTS,
-    LocalStack,
     StackError,
     StackSettings,
 )
+from team_stack.stack import LocalStack
+from test_support.servers import free_port
 from tests.conftest import PROJECT_DIR, free_port_block, missing_tool
 
 COMPOSE_FILE = PROJECT_DIR / "deploy" / "docker-compose.yml"

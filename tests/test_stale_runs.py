@@ -12,10 +12,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from steps import register
-from tabular_mlops import processes, stale_runs
-from tabular_mlops.config import load_config
-from tabular_mlops.tags import Tag
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.names import Tag
+from tabular_mlops.jobs.register import register
+from tabular_mlops.runtime import processes, stale_runs
 from tests.conftest import CHURN_CONFIG
 
 HOST = socket.gethostname()
@@ -49,7 +49,7 @@ def test_stale_and_live_runs_are_told_apart_and_only_stale_ones_reaped(tracking_
     mlflow.MlflowClient().set_terminated(finished)
 
     config = load_config(CHURN_CONFIG)
-    listed = register.register(config, "stale")
+    listed = register(config, "stale")
     assert {run.run_id for run in listed.stale} == set(expected_stale)
     for run in listed.stale:
         assert expected_stale[run.run_id] in run.reason
@@ -57,7 +57,7 @@ def test_stale_and_live_runs_are_told_apart_and_only_stale_ones_reaped(tracking_
     assert {client.get_run(r).info.status for r in expected_stale} == {"RUNNING"}  # listed only
     assert client.get_run(listed.run_id).data.metrics["stale_runs"] == 4
 
-    reaped = register.register(config, "reap")
+    reaped = register(config, "reap")
     assert {run.run_id for run in reaped.stale} == set(expected_stale)
     for run_id, reason in expected_stale.items():
         run = client.get_run(run_id)
@@ -68,20 +68,20 @@ def test_stale_and_live_runs_are_told_apart_and_only_stale_ones_reaped(tracking_
     assert client.get_run(finished).info.status == "FINISHED"
     # The register runs themselves finished, and nothing is left to reap.
     assert client.get_run(reaped.run_id).info.status == "FINISHED"
-    assert register.register(config, "stale").stale == []
+    assert register(config, "stale").stale == []
 
 
 def test_stale_after_hours_is_a_parameter(tracking_uri: str) -> None:
     old = open_run("other host", "elsewhere 1 1", hours_ago=3)
     config = load_config(CHURN_CONFIG, {"tracking.stale_after_hours": 2})
-    assert [run.run_id for run in register.register(config, "stale").stale] == [old]
+    assert [run.run_id for run in register(config, "stale").stale] == [old]
     with pytest.raises(Exception, match="greater than 0"):
         load_config(CHURN_CONFIG, {"tracking.stale_after_hours": 0})
 
 
 def test_runs_of_this_project_record_their_process(tracking_uri: str) -> None:
     config = load_config(CHURN_CONFIG)
-    run_id = register.register(config, "stale").run_id
+    run_id = register(config, "stale").run_id
     assert mlflow.get_run(run_id).data.tags[Tag.PROCESS] == stale_runs.this_process()
 
 
@@ -94,7 +94,7 @@ def test_without_proc_liveness_comes_from_the_process_table(
     gone = open_run("gone", f"{HOST} 999999999 -")
     open_run("alive", stale_runs.this_process())
     config = load_config(CHURN_CONFIG)
-    assert [run.run_id for run in register.register(config, "stale").stale] == [gone]
+    assert [run.run_id for run in register(config, "stale").stale] == [gone]
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         assert child.pid in processes.children(os.getpid())

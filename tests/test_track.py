@@ -8,17 +8,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from steps import track
-from tabular_mlops.tags import Tag
-from tabular_mlops.tuning import (
-    BEST_ITERATION,
-    FOLDS_COMPLETED,
-    OBJECTIVE,
-    REFIT_TREES_PARAM,
-    STUDY_TAG,
-    TRIAL_STATE_TAG,
-    TRIAL_TAG,
-)
+from steps import track as track_step
+from tabular_mlops.core.names import Tag
+from tabular_mlops.core.search import BEST_ITERATION, FOLDS_COMPLETED, OBJECTIVE
+from tabular_mlops.mlflow.tuning_report import REFIT_TREES_PARAM
 from tests.conftest import churn_frame, churn_settings, write_config
 
 SMALL_SPACE = {
@@ -58,7 +51,7 @@ def parent_and_trials() -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]
 def test_track_logs_nested_trials_the_best_model_and_a_report(
     tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert track.main(["--config", str(small_config(tmp_path)), "--autolog", "true"]) == 0
+    assert track_step.main(["--config", str(small_config(tmp_path)), "--autolog", "true"]) == 0
     parent, trials = parent_and_trials()
     # Autologging covers the refit only: no run of its own, nothing on the trials (their
     # params are the sampled ones alone, checked below).
@@ -68,7 +61,7 @@ def test_track_logs_nested_trials_the_best_model_and_a_report(
 
     for trial in trials:
         assert trial.info.status == "FINISHED"
-        assert trial.data.tags[TRIAL_STATE_TAG] == "COMPLETE"  # 4 trials: none pruned yet
+        assert trial.data.tags[Tag.TRIAL_STATE] == "COMPLETE"  # 4 trials: none pruned yet
         assert set(trial.data.params) == set(SMALL_SPACE)
         assert set(trial.data.metrics) == CV_METRICS | {BEST_ITERATION, FOLDS_COMPLETED}
         assert trial.data.metrics[FOLDS_COMPLETED] == 3
@@ -77,12 +70,12 @@ def test_track_logs_nested_trials_the_best_model_and_a_report(
         assert 1 <= trial.data.metrics[BEST_ITERATION] <= int(trial.data.params["n_estimators"])
         for tag in (Tag.ENTRY_POINT, Tag.GIT_DIRTY, Tag.DATASET_DIGEST):
             assert trial.data.tags.get(tag) == parent.data.tags.get(tag)
-        assert trial.data.tags[STUDY_TAG].startswith("churn-lightgbm-")
+        assert trial.data.tags[Tag.STUDY].startswith("churn-lightgbm-")
 
     best = max(trials, key=lambda run: run.data.metrics[OBJECTIVE])
     params = parent.data.params
     assert params["best.mlflow_run_id"] == best.info.run_id
-    assert params["best.trial"] == best.data.tags[TRIAL_TAG]
+    assert params["best.trial"] == best.data.tags[Tag.TRIAL]
     assert {name: params[f"best.{name}"] for name in SMALL_SPACE} == best.data.params
     metrics = parent.data.metrics
     assert metrics[f"best_{OBJECTIVE}"] == best.data.metrics[OBJECTIVE]
@@ -124,8 +117,8 @@ def test_track_logs_nested_trials_the_best_model_and_a_report(
 @TRAINS
 def test_same_config_picks_the_same_best_params(tracking_uri: str, tmp_path: Path) -> None:
     config = str(small_config(tmp_path))
-    assert track.main(["--config", config]) == 0
-    assert track.main(["--config", config]) == 0
+    assert track_step.main(["--config", config]) == 0
+    assert track_step.main(["--config", config]) == 0
     parents = mlflow.search_runs(
         experiment_names=["churn"],
         filter_string="tags.mlflow.parentRunId IS NULL",
@@ -150,11 +143,11 @@ def test_trials_that_cannot_win_are_pruned_and_left_off_the_leaderboard(
     config = small_config(
         tmp_path, n_trials=12, cv_folds=4, pruner_startup_trials=2, search_space=space
     )
-    assert track.main(["--config", str(config)]) == 0
+    assert track_step.main(["--config", str(config)]) == 0
     parent, trials = parent_and_trials()
     assert len(trials) == 12 and {run.info.status for run in trials} == {"FINISHED"}
-    pruned = [run for run in trials if run.data.tags[TRIAL_STATE_TAG] == "PRUNED"]
-    complete = [run for run in trials if run.data.tags[TRIAL_STATE_TAG] == "COMPLETE"]
+    pruned = [run for run in trials if run.data.tags[Tag.TRIAL_STATE] == "PRUNED"]
+    complete = [run for run in trials if run.data.tags[Tag.TRIAL_STATE] == "COMPLETE"]
     assert pruned and len(pruned) + len(complete) == 12
     assert all(run.data.metrics[FOLDS_COMPLETED] < 4 for run in pruned)
     assert all(run.data.metrics[FOLDS_COMPLETED] == 4 for run in complete)
@@ -174,7 +167,7 @@ def test_without_early_stopping_every_fold_grows_n_estimators_trees(
     tracking_uri: str, tmp_path: Path
 ) -> None:
     config = small_config(tmp_path, early_stopping_rounds=None, pruner="none")
-    assert track.main(["--config", str(config)]) == 0
+    assert track_step.main(["--config", str(config)]) == 0
     parent, trials = parent_and_trials()
     for trial in trials:
         assert trial.data.metrics[BEST_ITERATION] == int(trial.data.params["n_estimators"])
@@ -189,7 +182,7 @@ def test_folds_in_parallel_give_the_results_of_folds_one_by_one(
     for threads in (1, 2):
         config = small_config(tmp_path, compute={"threads": threads}, n_trials=6)
         config = config.rename(tmp_path / f"threads-{threads}.yaml")
-        assert track.main(["--config", str(config)]) == 0
+        assert track_step.main(["--config", str(config)]) == 0
         parents = mlflow.search_runs(
             experiment_names=["churn"],
             filter_string="tags.mlflow.parentRunId IS NULL",
@@ -242,24 +235,24 @@ def test_bad_tuning_input_stops_before_any_run(
     if tuning is None:
         write_config(config, {k: v for k, v in churn_settings().items() if k != "tuning"})
     with caplog.at_level(logging.ERROR):
-        assert track.main(["--config", str(config), *argv]) == 1
+        assert track_step.main(["--config", str(config), *argv]) == 1
     assert message in caplog.text
     assert mlflow.search_runs(search_all_experiments=True).empty  # no parent, no trial
 
 
 @TRAINS
 def test_parallel_trials_each_get_their_own_finished_run(tracking_uri: str, tmp_path: Path) -> None:
-    assert track.main(["--config", str(small_config(tmp_path)), "--n-jobs", "2"]) == 0
+    assert track_step.main(["--config", str(small_config(tmp_path)), "--n-jobs", "2"]) == 0
     parent, trials = parent_and_trials()
     assert len(trials) == 4 and {run.info.status for run in trials} == {"FINISHED"}
-    assert sorted(int(run.data.tags[TRIAL_TAG]) for run in trials) == [0, 1, 2, 3]
+    assert sorted(int(run.data.tags[Tag.TRIAL]) for run in trials) == [0, 1, 2, 3]
     assert parent.data.params["tuning.n_jobs"] == "2"
 
 
 @TRAINS
 def test_timeout_stops_starting_trials(tracking_uri: str, tmp_path: Path) -> None:
     config = str(small_config(tmp_path, n_trials=500))
-    assert track.main(["--config", config, "--timeout", "2"]) == 0
+    assert track_step.main(["--config", config, "--timeout", "2"]) == 0
     parent, trials = parent_and_trials()
     assert 1 <= len(trials) < 500
     metrics = parent.data.metrics

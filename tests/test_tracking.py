@@ -10,17 +10,13 @@ from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.exceptions import MlflowException
 from mlflow.types.utils import _infer_schema
 
-from tabular_mlops import tracking
-from tabular_mlops.config import DataConfig, load_config
-from tabular_mlops.data import LabeledTable, prepare
-from tabular_mlops.tracking import (
-    Tag,
-    git_tags,
-    log_dataset,
-    project_run,
-    quiet_integer_schema_hint,
-    sampled_schema,
-)
+from tabular_mlops.core.config import load_config
+from tabular_mlops.core.data import LabeledTable, prepare
+from tabular_mlops.core.names import Tag
+from tabular_mlops.core.sections import DataConfig
+from tabular_mlops.mlflow import datasets, runs
+from tabular_mlops.mlflow.datasets import log_dataset, sampled_schema
+from tabular_mlops.mlflow.runs import git_tags, project_run, quiet_integer_schema_hint
 from tests.conftest import CHURN_CONFIG, CHURN_CSV, churn_frame
 
 
@@ -111,7 +107,7 @@ def test_a_dataset_another_run_inserted_meanwhile_is_logged_again(
             raise race
 
     monkeypatch.setattr(mlflow, "log_input", log_input)
-    tracking.log_input(SimpleNamespace(name="table.csv"), "training")
+    datasets.log_input(SimpleNamespace(name="table.csv"), "training")
     assert calls == ["training", "training"]
 
 
@@ -126,7 +122,7 @@ def test_any_other_error_logging_a_dataset_is_raised_at_once(
 
     monkeypatch.setattr(mlflow, "log_input", log_input)
     with pytest.raises(MlflowException, match="PERMISSION_DENIED"):
-        tracking.log_input(SimpleNamespace(name="table.csv"), "training")
+        datasets.log_input(SimpleNamespace(name="table.csv"), "training")
     assert calls == ["training"]
 
 
@@ -146,7 +142,7 @@ def test_experiment_tags_another_process_set_meanwhile_are_set_again(
         set_tag(experiment, key, value)
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", lambda self, *a: racing(*a))
-    tracking.describe_experiment(experiment_id, config.tracking)
+    runs.describe_experiment(experiment_id, config.tracking)
     tags = client.get_experiment(experiment_id).tags
     assert tags["mlflow.note.content"] == config.tracking.experiment_description
     assert {k: tags[k] for k in config.tracking.experiment_tags} == config.tracking.experiment_tags

@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 from mlflow.entities import RunStatus
 
-from steps import train_basic
-from tabular_mlops.pipeline_flavor import declared_inputs
-from tabular_mlops.tags import Tag
+from steps import train_basic as train_basic_step
+from tabular_mlops.cli.commands import parser_for
+from tabular_mlops.core.names import Tag
+from tabular_mlops.jobs.entry_points import TRAIN_BASIC
+from tabular_mlops.mlflow.pipeline_model import declared_inputs
 from tests.conftest import churn_frame, churn_settings, mixed_table, write_config
 
 # Runs the step for real (trains, logs, registers): not in the fast loop.
@@ -31,7 +33,9 @@ def registered_names() -> list[str]:
 
 
 def test_empty_parameters_keep_the_config_and_numbers_are_typed() -> None:
-    args = train_basic.parse_args(["--n-estimators", "50.0", "--learning-rate", "", "--seed", "7"])
+    args = parser_for(TRAIN_BASIC).parse_args(
+        ["--n-estimators", "50.0", "--learning-rate", "", "--seed", "7"]
+    )
     assert args.n_estimators == 50
     assert args.learning_rate is None
     assert args.seed == 7
@@ -50,7 +54,7 @@ def test_bad_parameter_exits_2_with_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as caught:
-        train_basic.parse_args(argv)
+        parser_for(TRAIN_BASIC).parse_args(argv)
     assert caught.value.code == 2
     error = capsys.readouterr().err
     assert error == f"train_basic: error: {message}\n"
@@ -73,7 +77,7 @@ def test_trains_and_registers_a_parquet_table_with_inferred_features(
             "model_code": churn_settings()["model_code"],
         },
     )
-    assert train_basic.main(["--config", str(config)]) == 0
+    assert train_basic_step.main(["--config", str(config)]) == 0
 
     (run,) = runs_of("mixed")
     assert run.info.status == "FINISHED"
@@ -110,7 +114,7 @@ def test_parameters_override_the_config(tracking_uri: str, tmp_path: Path) -> No
     config = write_config(tmp_path / "c.yaml", churn_settings(), data={"path": "churn.csv"})
     argv = ["--config", str(config), "--n-estimators", "25", "--seed", "3"]
     argv += ["--registered-model-name", "override-model", "--autolog", "true"]
-    assert train_basic.main(argv) == 0
+    assert train_basic_step.main(argv) == 0
     (run,) = runs_of("churn")
     assert run.data.params["model.n_estimators"] == "25"
     assert run.data.params["split.seed"] == "3"
@@ -123,7 +127,7 @@ def test_parameters_override_the_config(tracking_uri: str, tmp_path: Path) -> No
         "autolog=true"
     )
     description = run.data.tags["mlflow.note.content"]
-    assert description.startswith("Entry point `train_basic`: train, evaluate, log and register")
+    assert description.startswith("Train, evaluate, log and register one LightGBM pipeline.")
     assert f"- config: `{config}`, with `split.seed=3`, `model.n_estimators=25`" in description
     assert "predicting `churn` = `Yes`" in description
     experiment = mlflow.get_experiment(run.info.experiment_id)
@@ -193,7 +197,7 @@ def test_bad_data_fails_the_run_and_registers_nothing(
         corrupt(churn_frame()).to_csv(tmp_path / "bad.csv", index=False)
     config = write_config(tmp_path / "c.yaml", churn_settings(), data={"path": "bad.csv"})
     with caplog.at_level(logging.ERROR):
-        assert train_basic.main(["--config", str(config)]) == 1
+        assert train_basic_step.main(["--config", str(config)]) == 1
 
     errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0]
@@ -210,7 +214,7 @@ def test_bad_config_fails_before_any_run(
 ) -> None:
     config = write_config(tmp_path / "c.yaml", churn_settings(), split={"test_size": 1.5})
     with caplog.at_level(logging.ERROR):
-        assert train_basic.main(["--config", str(config)]) == 1
+        assert train_basic_step.main(["--config", str(config)]) == 1
     assert "split.test_size: Input should be less than 1 (got 1.5)" in caplog.text
     assert mlflow.search_runs(search_all_experiments=True).empty
     assert registered_names() == []

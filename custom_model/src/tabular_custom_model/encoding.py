@@ -60,7 +60,7 @@ class FeatureEncoder:
     def from_pipeline(cls, pipeline: Pipeline) -> "FeatureEncoder":
         """The mappings of `Pipeline([("preprocess", ColumnTransformer), classifier])`,
         whose transformers pass numeric columns through or impute (constant) and one-hot
-        encode categorical ones, as `tabular_mlops.pipeline.build_pipeline` builds it."""
+        encode categorical ones, as `tabular_mlops.core.pipeline.build_pipeline` builds it."""
         preprocess = pipeline.steps[0][1] if len(pipeline.steps) == 2 else None
         if not isinstance(preprocess, ColumnTransformer):
             raise UnsupportedPipelineError("expected Pipeline([ColumnTransformer, classifier])")
@@ -99,9 +99,9 @@ class FeatureEncoder:
         sources = [""] * self.width
         for column, position in self._numeric.items():
             sources[position] = column
-        for column in self._categorical:
-            sources[column.offset : column.offset + len(column.codes)] = [column.name] * len(
-                column.codes
+        for encoded in self._categorical:
+            sources[encoded.offset : encoded.offset + len(encoded.codes)] = [encoded.name] * len(
+                encoded.codes
             )
         return sources
 
@@ -118,9 +118,9 @@ class FeatureEncoder:
             matrix[:, position] = _floats(arrays[column], column)
         unseen: list[list[str] | None] = [None] * rows
         place = _place_looped if rows <= _LOOP_ROWS else _place_vectorised
-        for column in self._categorical:
-            for row in place(matrix, arrays[column.name], column):
-                unseen[row] = [*(unseen[row] or []), column.name]
+        for categorical in self._categorical:
+            for row in place(matrix, arrays[categorical.name], categorical):
+                unseen[row] = [*(unseen[row] or []), categorical.name]
         return Encoded(matrix, unseen)
 
 
@@ -181,8 +181,8 @@ def _place_looped(matrix: np.ndarray, values: Any, column: CategoricalColumn) ->
 def _place_vectorised(matrix: np.ndarray, values: Any, column: CategoricalColumn) -> np.ndarray:
     """The same in a few array operations, for larger batches."""
     found, uniques = pd.factorize(values)  # nulls (None, NaN, NA) get -1: the last code
-    codes = [column.codes.get(value, UNSEEN) for value in uniques] + [column.null_code]
-    codes = np.asarray(codes, dtype=np.intp)
+    listed = [column.codes.get(value, UNSEEN) for value in uniques] + [column.null_code]
+    codes = np.asarray(listed, dtype=np.intp)
     hot = codes >= 0
     # A row without a one-hot cell here writes 0.0 into the column's first cell, which
     # is 0.0 anyway: one unmasked write covers every row.

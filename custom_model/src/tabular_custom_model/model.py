@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import Array, Object, Property
 
@@ -75,8 +76,8 @@ class Param:
     TOP_K = "top_k"
 
 
-class ChurnModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+class ChurnModel(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
         settings = context.model_config
         pipeline_path = context.artifacts[PIPELINE_ARTIFACT]
         pipeline = mlflow.sklearn.load_model(pipeline_path)
@@ -99,7 +100,7 @@ class ChurnModel(mlflow.pyfunc.PythonModel):
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext,
+        context: PythonModelContext,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> dict[str, list[Any]]:

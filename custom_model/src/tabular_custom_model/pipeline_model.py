@@ -12,19 +12,20 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from tabular_custom_model.inputs import InputSpec
 from tabular_custom_model.model import PIPELINE_ARTIFACT, Setting
 
 
-class PipelineModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+class PipelineModel(PythonModel):
+    def load_context(self, context: PythonModelContext) -> None:
         self._pipeline = mlflow.sklearn.load_model(context.artifacts[PIPELINE_ARTIFACT])
         self._inputs = InputSpec.from_schema(context.model_config[Setting.INPUT_SCHEMA])
 
     def predict(
         self,
-        context: mlflow.pyfunc.PythonModelContext,
+        context: PythonModelContext,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:

