@@ -15,8 +15,8 @@ On a `git clone` of HEAD (commit first) in a temporary directory:
 - the leak scan of tests/test_e2e_stack.py over everything the stack holds (params, tags,
   descriptions, every object in the bucket, the stack's logs, the runs' output).
 
-It prints one table. The stack is stopped and removed at the end. Also: the helpers the
-end-to-end tests share with it (scanning the stack for secrets).
+It prints one table. The stack is stopped and removed at the end. The helpers it shares
+with the end-to-end tests (scanning the stack for secrets) are in test_support.stack.
 """
 
 import argparse

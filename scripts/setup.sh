@@ -18,10 +18,12 @@ fi
 digest=$(cat pyproject.toml requirements.lock | "$python" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')
 stamp=".venv/.installed-$digest"
 if [ ! -e "$stamp" ]; then
-    echo "setup: installing the project into .venv (first time: about a minute)" >&2
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -r requirements.lock
-    .venv/bin/python -m pip install --quiet --no-deps -e .
+    echo "setup: installing the project into .venv (first time: under a minute)" >&2
+    # uv (pinned in the lock) installs the lock several times faster than pip.
+    uv_pin=$(grep -E '^uv==' requirements.lock | cut -d' ' -f1)
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "$uv_pin"
+    .venv/bin/python -m uv pip install --quiet --python .venv/bin/python -r requirements.lock
+    .venv/bin/python -m uv pip install --quiet --python .venv/bin/python --no-deps -e .
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Lints and runs the whole test suite (unit and end-to-end). Extra arguments go to pytest.
+# Lints, checks the architecture and the types, and runs the whole test suite (unit,
+# integration and system tiers). Extra arguments go to pytest (`scripts/test.sh -m unit`:
+# the fast tier only).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 source .venv/bin/activate
 # What some tests need from the system, installed as root when missing (otherwise those
 # tests are skipped with a reason, or fail under CI=true): PostgreSQL for the team stack
-# (scripts/stack.sh), a Java runtime for the Spark engine of batch_score, chromium for the
-# test that opens MLflow's UI (Playwright drives it). The rest of the
-# stack (SeaweedFS, MLflow's auth app, the compose checker) comes from pip: `.[dev]`.
+# (`postgres`), a Java runtime for Spark (`spark`), chromium for MLflow's UI (`browser`).
+# The rest of the stack (SeaweedFS, MLflow's auth app, the compose checker) comes from pip.
 packages=()
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     packages+=(postgresql)
@@ -20,4 +21,11 @@ if [ ${#packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
 fi
 ruff check .
 ruff format --check .
-pytest "$@"
+PYTHONPATH=custom_model/src lint-imports
+mypy
+# One test process per core this machine gives us, two at most (the suite's processes are
+# mostly waiting on the ones a test starts), each taking whole modules.
+workers=${PYTEST_WORKERS:-$(python -c 'import os; print(min(2, len(os.sched_getaffinity(0))))')}
+parallel=()
+[ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadscope)
+pytest "${parallel[@]}" "$@"
