@@ -17,15 +17,16 @@ LOOPBACK = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
+    return free_port_block(1)
 
 
 def free_port_block(size: int) -> int:
-    """The first of `size` consecutive free loopback ports."""
+    """The first of `size` consecutive free loopback ports, below the kernel's ephemeral
+    range: a port from that range can be taken, between this check and a server's bind, as
+    the local end of any outgoing connection (a stack's SeaweedFS then failed to start)."""
+    ephemeral_start = _ephemeral_ports()[0]
     for _ in range(100):
-        first = random.randrange(20000, 40000)
+        first = random.randrange(10_000, ephemeral_start - size)
         try:
             with ExitStack() as probes:
                 for port in range(first, first + size):
@@ -34,6 +35,15 @@ def free_port_block(size: int) -> int:
         except OSError:
             continue
     raise RuntimeError(f"no {size} consecutive free ports")
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """Linux's range of ports for outgoing connections (its default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 @contextmanager

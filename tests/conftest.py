@@ -1,4 +1,5 @@
 import atexit
+import fcntl
 import json
 import os
 import secrets
@@ -12,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -43,36 +44,70 @@ from test_support.servers import free_port, free_port_block, model_server
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
+# `-P config=...` of end-to-end tests that check wiring, not model quality (tests/fast.yaml).
+FAST_CONFIG = "config=tests/fast.yaml"
 CHURN_CSV = PROJECT_DIR / "data" / "wa_churn.csv"
 E2E_EXPERIMENT = "churn"  # what the README passes to `mlflow run --experiment-name`
 SERVICE_URI = "models:/churn-service@champion"  # what `custom_model` registers
 
 
-# The slowest modules, slowest first (`--durations` of a whole run). The suite runs in two
-# processes that each take a whole module at a time, in collection order: handing out
-# the longest first keeps both busy to the end, where collection (file) order left one
-# process alone with the team stack for minutes.
+TIERS = ("unit", "integration", "system")
+# What a test marked so needs, and how to tell it is here; scripts/test.sh installs each.
+NEEDS: dict[str, tuple[str, Callable[[], bool]]] = {
+    "postgres": ("PostgreSQL server binaries", lambda: _has_postgres()),
+    "spark": ("Java (Spark's JRE)", lambda: shutil.which("java") is not None),
+    "browser": ("chromium (apt-get install chromium)", lambda: Path("/usr/bin/chromium").exists()),
+}
+# The slowest modules, slowest first (`--durations` of a whole run): in two processes that
+# each take a whole module at a time, in collection order, handing out the longest first
+# keeps both busy to the end.
 SLOWEST_MODULES = (
-    "test_e2e_main",
     "test_e2e_stack",
+    "test_e2e_main",
     "test_faults",
-    "test_e2e_batch_score",
-    "test_e2e_custom_model",
     "test_e2e_train_basic",
+    "test_e2e_batch_score",
+    "test_e2e_clients",
+    "test_e2e_spark",
+    "test_e2e_custom_model",
+    "test_register",
     "test_e2e_track",
     "test_e2e_register",
     "test_custom_model",
-    "test_register",
     "test_track",
     "test_e2e_interrupts",
+    "test_interrupts",
+    "test_stores",
 )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Modules by the cost above (the rest after, in file order); tests within a module
-    keep their order (some build on each other)."""
+    """A test marked with no tier is a unit test, and one marked with two is an error;
+    modules by the cost above (the rest after, in file order), tests within a module in
+    their order (some build on each other)."""
+    for item in items:
+        tiers = [tier for tier in TIERS if item.get_closest_marker(tier)]
+        if len(tiers) > 1:
+            raise pytest.UsageError(f"{item.nodeid} has several tiers: {', '.join(tiers)}")
+        if not tiers:
+            item.add_marker(pytest.mark.unit)
     rank = {name: position for position, name in enumerate(SLOWEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test whose need (a marker of NEEDS) is missing is skipped, or fails under CI."""
+    for marker, (what, present) in NEEDS.items():
+        if item.get_closest_marker(marker) and not present():
+            missing_tool(what)
+
+
+def _has_postgres() -> bool:
+    try:
+        postgres_bin_dir()
+    except StackError:
+        return False
+    return True
 
 
 @pytest.fixture(autouse=True)
@@ -217,6 +252,40 @@ def pickled_copy_of(run_id: str, experiment: str = "pickled") -> ModelInfo:
     return info
 
 
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with both registered models, as `train_basic` (60 trees) and `custom_model`
+    (no isolated check) make them in this process: churn-classifier version 1 with
+    `latest-model`, churn-service version 1 with `champion`. Made once for the whole session,
+    whichever test process comes first (the others wait on its lock); modules copy it
+    (`copy_of_trained_store`) rather than train their own."""
+    shared = tmp_path_factory.getbasetemp().parent / "trained-store"
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until this process has made it, or sees it
+        if not (shared / "ready").exists():
+            from tabular_mlops.jobs.train import train_basic
+            from tabular_mlops.jobs.wrap import custom_model
+
+            config = shipped_config(
+                {"model.n_estimators": 60, "custom_model.check_env_manager": "none"}
+            )
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                point_mlflow_at(shared, monkeypatch)
+                train_basic(config)
+                custom_model(config)
+                leave_no_run_behind()
+            (shared / "ready").touch()
+    return shared
+
+
+def copy_of_trained_store(trained_store: Path, directory: Path) -> str:
+    """The trained store's models in a store of `directory`'s own (its artifacts stay where
+    they were made, shared, read-only for the copies' runs to find); its URI."""
+    shutil.copyfile(trained_store / "mlflow.db", directory / "mlflow.db")
+    return sqlite_uri(directory / "mlflow.db")
+
+
 def leave_no_run_behind() -> None:
     if mlflow.active_run():  # a failed assertion inside a run must not leak into the next test
         mlflow.end_run()
@@ -284,9 +353,7 @@ class TeamStack:
 def team_stack() -> Iterator[TeamStack]:
     """`scripts/stack.sh up` in a new folder on free ports, with a trainer and a viewer
     made by `scripts/stack.sh user`; gone at the end of the module."""
-    try:
-        postgres_bin_dir()
-    except StackError:
+    if not _has_postgres():
         missing_tool("PostgreSQL server binaries")
     root = Path(tempfile.mkdtemp(prefix="tabular-mlops-stack-"))
     root.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must reach its folder

@@ -60,7 +60,7 @@ registry.move_aliases("model", moves, expected, "killed-run")
 """
 
 
-@pytest.mark.e2e  # processes of their own: slow
+@pytest.mark.system  # processes of their own
 def test_a_process_killed_between_the_moves_is_finished_by_the_next(
     versions: mlflow.MlflowClient, tracking_uri: str
 ) -> None:
@@ -124,7 +124,7 @@ for round in range(rounds):
 """
 
 
-@pytest.mark.e2e  # processes of their own: slow
+@pytest.mark.system  # processes of their own
 def test_two_reviews_at_once_never_break_the_invariants(
     versions: mlflow.MlflowClient, tracking_uri: str, tmp_path: Path
 ) -> None:

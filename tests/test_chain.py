@@ -349,7 +349,7 @@ entry_points:
 """
 
 
-@pytest.mark.e2e
+@pytest.mark.system
 def test_steps_of_other_env_managers_run_as_child_runs_of_mlflow_run(
     context: ChainContext,
 ) -> None:

@@ -42,8 +42,8 @@ from tests.conftest import (
 
 SERVICE = "churn-service"
 
-# Runs the step for real (trains, logs, registers): not in the fast loop.
-TRAINS = pytest.mark.e2e
+# Trains, logs and registers for real, in process: not in the fast tier.
+TRAINS = pytest.mark.integration
 
 
 def config_for(overrides: dict[str, Any] | None = None) -> ProjectConfig:

@@ -1,9 +1,8 @@
-"""End to end: `mlflow run . -e batch_score` on pandas and on Spark answers exactly as the
-custom model does in process, on 20,000 rows with nulls and unseen categories; what the
-run records; bad inputs."""
+"""End to end: `mlflow run . -e batch_score` answers exactly as the custom model does in
+process, on 20,000 rows with nulls and unseen categories; what the run records; bad inputs
+(the Spark engine on the same rows: tests/test_e2e_spark.py)."""
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,17 @@ from tabular_custom_model import ChurnModel
 
 from steps import batch_score as batch_score_step
 from tabular_mlops.core.names import Tag
-from tabular_mlops.jobs.train import train_basic
-from tabular_mlops.jobs.wrap import custom_model
 from tests.conftest import (
     CHURN_CONFIG,
     churn_frame,
+    copy_of_trained_store,
     leave_no_run_behind,
-    missing_tool,
     mlflow_run,
     point_mlflow_at,
-    shipped_config,
     use_store,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 ROWS = 20_000
 ID = "customer_id"
 MODEL = "models:/churn-service/1"  # what the fixture registers
@@ -47,23 +43,11 @@ class Scoring:
 
 
 @pytest.fixture(scope="module")
-def scoring(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Scoring:
+def scoring(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Scoring:
+    # The models to score with, made in process for the session (`mlflow run` of the steps
+    # that make them is tested in their own modules, the isolated check too).
     folder = tmp_path_factory.mktemp("batch")
-    # The model to score with, made in this process: `mlflow run` of the steps that make
-    # it is tested in their own modules (the isolated check too).
-    config = shipped_config(
-        {
-            "model.n_estimators": 60,
-            "model_code.package_dir": str(project / "custom_model"),
-            "model_code.wheel_dir": str(folder / "wheels"),
-            "custom_model.check_env_manager": "none",
-        }
-    )
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        store = point_mlflow_at(folder, monkeypatch)
-        train_basic(config)
-        custom_model(config)
-        leave_no_run_behind()
+    store = copy_of_trained_store(trained_store, folder)
     rows = rows_to_score()
     parts = folder / "parts"
     parts.mkdir()
@@ -173,55 +157,6 @@ def test_the_pandas_engine_answers_as_the_model_does(scoring: Scoring, project: 
     assert "score_distribution.png" in artifacts
 
 
-def test_the_spark_engine_answers_as_the_model_does(scoring: Scoring, project: Path) -> None:
-    # Parquet parts, without reasons: the UDF leaves them out and a typed null is added.
-    if shutil.which("java") is None:
-        missing_tool("Java (Spark's JRE)")
-    output = scoring.csv.parent / "scores-spark"
-    done = mlflow_run(
-        project,
-        scoring.store,
-        "batch_score",
-        f"input={scoring.parquet_parts}",
-        f"output={output}",
-        "engine=spark",
-        "threshold=0.3",
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    for stage in ("reading", "scoring and writing", "summing up"):
-        assert f"spark: {stage}" in done.stderr
-    use_store(scoring.store)
-    expected = in_process_answers(scoring.rows, {"threshold": 0.3})
-    written = pd.read_parquet(output)
-    assert_same_answers(written, expected)
-    assert written["reasons"].isna().all()
-    run = the_run(scoring.store)
-    assert run.info.status == "FINISHED"
-    assert run.data.metrics["rows"] == ROWS
-    assert run.data.metrics["decision_rate"] == pytest.approx(expected["decision"].mean())
-
-
-def test_the_spark_engine_reads_a_csv_and_explains_as_the_model_does(
-    scoring: Scoring, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # In this process (Spark's start-up is the cost, not the rows): a CSV whose missing
-    # values are spelt as pandas reads them, with reasons (array<struct> through the UDF).
-    if shutil.which("java") is None:
-        missing_tool("Java (Spark's JRE)")
-    rows = scoring.rows.head(2_000)
-    csv, output = tmp_path / "rows.csv", tmp_path / "scores"
-    rows.to_csv(csv, index=False, na_rep="NA")
-    args = ["--input", str(csv), "--output", str(output), "--engine", "spark"]
-    try:
-        assert score_in_process(scoring, monkeypatch, *args, "--explain", "true") == 0
-    finally:
-        stop_spark_jvm()
-    use_store(scoring.store)
-    written = pd.read_parquet(output)
-    assert_same_answers(written, in_process_answers(rows, {"explain": True}))
-    assert all(len(reasons) == 3 for reasons in written["reasons"])
-
-
 def test_a_model_that_is_not_the_custom_model_fails_the_run(
     scoring: Scoring, project: Path
 ) -> None:
@@ -253,21 +188,6 @@ def score_in_process(scoring: Scoring, monkeypatch: pytest.MonkeyPatch, *argv: s
         return batch_score_step.main(["--config", str(CHURN_CONFIG), *argv])
     finally:
         leave_no_run_behind()
-
-
-def stop_spark_jvm() -> None:
-    """The step stops its session, not the JVM behind it (a process of its own, started
-    by PySpark once per Python process): in this test process it would idle, using CPU,
-    to the end of the suite. It ends when its stdin closes."""
-    from pyspark import SparkContext
-
-    gateway = SparkContext._gateway
-    if gateway is None:
-        return
-    gateway.shutdown()
-    gateway.proc.stdin.close()
-    gateway.proc.wait(timeout=30)
-    SparkContext._gateway = SparkContext._jvm = None
 
 
 def test_missing_columns_are_named_before_spark_starts(

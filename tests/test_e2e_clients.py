@@ -25,22 +25,19 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from steps import batch_score as batch_score_step
-from tabular_mlops.jobs.train import train_basic
-from tabular_mlops.jobs.wrap import custom_model
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
     PROJECT_DIR,
+    copy_of_trained_store,
     leave_no_run_behind,
-    missing_tool,
     point_mlflow_at,
     post,
     served,
-    shipped_config,
     users_environment,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 PIPELINE = "models:/churn-classifier@latest-model"
 SERVICE = "models:/churn-service@champion"
 TARGET = "churn"
@@ -58,16 +55,11 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
-    """Both models, registered as `train_basic` and `custom_model` register them (in this
-    process: `mlflow run` of both is tested in their own modules)."""
+def store(trained_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """Both models, registered as `train_basic` and `custom_model` register them (made in
+    process for the session: `mlflow run` of both is tested in their own modules)."""
     directory = tmp_path_factory.mktemp("clients")
-    config = shipped_config({"model.n_estimators": 60, "custom_model.check_env_manager": "none"})
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        uri = point_mlflow_at(directory, monkeypatch)
-        train_basic(config)
-        custom_model(config)
-        leave_no_run_behind()
+    uri = copy_of_trained_store(trained_store, directory)
     (directory / "data").mkdir()
     plain = shutil.copy(CHURN_CSV, directory / "data" / CHURN_CSV.name)
     gaps = pd.read_csv(CHURN_CSV)
@@ -202,18 +194,20 @@ def json_request(rows: pd.DataFrame, orient: str) -> dict[str, Any]:
 def test_mlflow_models_predict_csv_and_json(
     store: Store, expected: dict[tuple[str, str], pd.DataFrame]
 ) -> None:
+    # Each model reads both forms of the table and both input kinds, one call per form (a
+    # call is a process of ~8 s): the pipeline csv then json, the service json then csv.
     calls = []
-    for form in store.tables:
+    for number, form in enumerate(store.tables):
         rows = read(store, form)
         request = store.directory / f"{form}.request.json"
         request.write_text(json.dumps(json_request(rows, "dataframe_split")))
         source = store.directory / f"{form}.inputs.csv"
         rows.to_csv(source, index=False)
-        calls += [
-            (model, form, path, kind)
-            for model in (PIPELINE, SERVICE)
-            for path, kind in ((source, "csv"), (request, "json"))
-        ]
+        kinds = [(source, "csv"), (request, "json")]
+        for model, (path, kind) in zip(
+            (PIPELINE, SERVICE), kinds[number:] + kinds[:number], strict=True
+        ):
+            calls.append((model, form, path, kind))
     with ThreadPoolExecutor(2) as pool:
         results = list(
             pool.map(lambda call: models_predict(store, call[0], call[2], call[3]), calls)
@@ -278,49 +272,6 @@ def test_in_process_refusals_are_one_line(store: Store) -> None:
                 loaded.predict(bad)
             assert line in refused.value.message
             assert "\n" not in refused.value.message
-
-
-def test_spark_udf_on_the_csv_as_spark_reads_it(
-    store: Store, expected: dict[tuple[str, str], pd.DataFrame]
-) -> None:
-    if shutil.which("java") is None:
-        missing_tool("Java (Spark's JRE)")
-    from pyspark.sql import SparkSession
-    from pyspark.sql import functions as F
-
-    from tabular_mlops.jobs.spark_engine import spark_session
-    from tests.test_e2e_batch_score import stop_spark_jvm
-
-    mlflow.set_tracking_uri(store.uri)
-    session: SparkSession = spark_session(shipped_config().batch.spark, threads=2)
-    try:
-        for form, path in store.tables.items():
-            frame = session.read.option("header", True).option("inferSchema", True).csv(str(path))
-            inputs = [name for name in frame.columns if name != TARGET]
-            assert dict(frame.dtypes)["tenure"] == "int"  # with nulls in the gaps
-            service = mlflow.pyfunc.spark_udf(
-                session,
-                SERVICE,
-                result_type="probability double, decision boolean, risk_band string",
-                env_manager="local",
-            )
-            pipeline = mlflow.pyfunc.spark_udf(
-                session, PIPELINE, result_type="long", env_manager="local"
-            )
-            # The columns by name, as one struct (the models declare their inputs in
-            # `model_config`, so MLflow names unnamed columns 0, 1, ...).
-            rows = F.struct(*inputs)
-            got = (
-                frame.select(service(rows).alias("answer"), pipeline(rows).alias("class"))
-                .select("answer.*", "class")
-                .toPandas()
-            )
-            answers = got[["probability", "decision", "risk_band"]]
-            assert_same(answers, expected[SERVICE, form], f"spark {form}")
-            assert_same(got[["class"]].astype(int), expected[PIPELINE, form], f"spark {form}")
-    finally:
-        session.stop()
-        stop_spark_jvm()
 
 
 def test_batch_score_answers_as_the_model_does(

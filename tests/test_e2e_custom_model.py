@@ -20,6 +20,7 @@ from tabular_mlops.core import data
 from tabular_mlops.core.names import Tag
 from test_support.stopping import ISOLATED_CHECK, interrupt
 from tests.conftest import (
+    FAST_CONFIG,
     SERVICE_URI,
     mlflow_run,
     mlflow_run_environment,
@@ -31,7 +32,7 @@ from tests.conftest import (
     use_store,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 MAX_ROWS = 50
 JSON = "application/json"
 
@@ -45,10 +46,10 @@ class Service:
 @pytest.fixture(scope="module")
 def service(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Service:
     store = new_store(tmp_path_factory.mktemp("service"))
-    trained = mlflow_run(project, store, "train_basic", "n_estimators=60")
+    trained = mlflow_run(project, store, "train_basic", FAST_CONFIG)
     assert trained.returncode == 0, trained.stderr[-3000:]
     # The pipeline's latest-model, with a small row limit to test.
-    wrapped = mlflow_run(project, store, "custom_model", f"max_rows={MAX_ROWS}")
+    wrapped = mlflow_run(project, store, "custom_model", FAST_CONFIG, f"max_rows={MAX_ROWS}")
     assert wrapped.returncode == 0, wrapped.stderr[-3000:]
     use_store(store)
     (run,) = mlflow.search_runs(

@@ -10,7 +10,7 @@ from tabular_mlops.core.names import Tag
 from test_support.stopping import Interruption, interrupt, run_is_running
 from tests.conftest import mlflow_run_environment, new_store
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 END_WITHIN_SECONDS = 5.0
 # Trials that train for minutes, so that the signal lands inside one: short ones (1 s,

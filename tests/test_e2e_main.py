@@ -22,9 +22,9 @@ from tabular_mlops.mlflow.descriptions import runs_page
 from test_support.servers import LOOPBACK, background_server, free_port
 from tests.conftest import (
     E2E_EXPERIMENT,
+    FAST_CONFIG,
     SERVICE_URI,
     churn_frame,
-    missing_tool,
     mlflow_run,
     post,
     served,
@@ -33,13 +33,13 @@ from tests.conftest import (
     use_store,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 STEPS = ("train_basic", "track", "register", "custom_model")
 # Small and fast; the isolated uv check of custom_model has its own end-to-end test.
-BASE = ("n_trials=2", "check_env_manager=none")
+BASE = (FAST_CONFIG, "n_trials=2", "check_env_manager=none")
 # The same values as BASE, typed otherwise: the cache must see no change.
-BASE_RETYPED = ("n_trials=2.0", "check_env_manager=none")
+BASE_RETYPED = (FAST_CONFIG, "n_trials=2.0", "check_env_manager=none")
 # BASE with one of register's parameters changed.
 CHANGED = (*BASE, "threshold=0.75")
 
@@ -91,7 +91,7 @@ def first(project: Path) -> MainRun:
     """A newcomer's path in a fresh store (the project's default ./mlflow.db): the step
     `scripts/train.sh` runs alone, then the first `mlflow run .`."""
     assert not (project / "mlflow.db").exists()
-    alone = mlflow_run(project, None, "train_basic")
+    alone = mlflow_run(project, None, "train_basic", FAST_CONFIG)
     assert alone.returncode == 0, alone.stderr[-5000:]
     chained = run_main(project, None, *BASE)
     assert chained.process.returncode == 0, chained.process.stderr[-5000:]
@@ -162,12 +162,11 @@ def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
 
 
+@pytest.mark.browser
 def test_the_ui_shows_the_runs_the_models_and_the_plots(
     first: MainRun, project: Path, tmp_path: Path
 ) -> None:
     """MLflow's UI on the chain's store, in a headless browser; screenshots in tmp_path."""
-    if not CHROMIUM.exists():
-        missing_tool("chromium (apt-get install chromium)")
     from playwright.sync_api import Page, sync_playwright
 
     port = free_port()
@@ -191,8 +190,10 @@ def test_the_ui_shows_the_runs_the_models_and_the_plots(
         # The link train_basic prints opens the experiment on its training runs, named
         # after what ran (the steps main ran are folded under its run).
         page = opened(runs_page(ui, experiment_id))
-        page.get_by_text("train_basic", exact=True).first.wait_for(timeout=60_000)
-        page.get_by_text("main n_trials=2 check_env_manager=none", exact=True).first.wait_for()
+        page.get_by_text("train_basic fast.yaml", exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text(
+            "main fast.yaml n_trials=2 check_env_manager=none", exact=True
+        ).first.wait_for()
         page.screenshot(path=tmp_path / "experiment.png")
         assert f"/experiments/{experiment_id}/runs" in page.url
 
@@ -251,7 +252,7 @@ def test_a_failing_step_fails_main_and_moves_no_alias(first: MainRun, project: P
     before = champion_version("churn-service")
     # No conda here: custom_model's isolated check cannot run, so the step fails.
     failed = run_main(
-        project, None, "n_trials=2", "threshold=0.75", "check_env_manager=conda",
+        project, None, FAST_CONFIG, "n_trials=2", "threshold=0.75", "check_env_manager=conda",
         extra_env={"MLFLOW_CONDA_HOME": str(project / "no-conda")},
     )  # fmt: skip
     assert failed.process.returncode != 0

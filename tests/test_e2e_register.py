@@ -1,5 +1,6 @@
-"""End to end: the real `mlflow run . -e register` after `train_basic`, on a sqlite store
-(against a tracking server, `register` runs in tests/test_e2e_main.py's chain)."""
+"""End to end: the real `mlflow run . -e register` on a sqlite store where `train_basic` has
+logged a model (the session's trained store); against a tracking server, `register` runs
+in tests/test_e2e_stack.py's chain."""
 
 from pathlib import Path
 
@@ -7,9 +8,15 @@ import mlflow
 import pytest
 
 from tabular_mlops.core.names import Tag
-from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
+from tests.conftest import (
+    E2E_EXPERIMENT,
+    FAST_CONFIG,
+    copy_of_trained_store,
+    mlflow_run,
+    use_store,
+)
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 REGISTERED = "churn-classifier"
 
@@ -24,11 +31,11 @@ def register_runs(experiment: str = E2E_EXPERIMENT) -> list[mlflow.entities.Run]
     )
 
 
-def test_register_promotes_then_reuses_and_lists(project: Path, tmp_path: Path) -> None:
-    store = new_store(tmp_path)
-    trained = mlflow_run(project, store, "train_basic", "n_estimators=60")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    first = mlflow_run(project, store, "register")
+def test_register_promotes_then_reuses_and_lists(
+    project: Path, trained_store: Path, tmp_path: Path
+) -> None:
+    store = copy_of_trained_store(trained_store, tmp_path)
+    first = mlflow_run(project, store, "register", FAST_CONFIG)
     assert first.returncode == 0, first.stderr[-3000:]
     client = use_store(store)
 

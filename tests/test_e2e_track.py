@@ -8,7 +8,7 @@ import pytest
 from tabular_mlops.core.names import Tag
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 
 def runs_of(entry_point: str) -> list[mlflow.entities.Run]:

@@ -15,7 +15,7 @@ from tabular_mlops.mlflow.pipeline_model import declared_inputs
 from tests.conftest import E2E_EXPERIMENT, mlflow_run, new_store, use_store
 from tests.test_init import trap_table
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 ENTRY_POINT = "train_basic"
 REGISTERED = "churn-classifier"

@@ -25,6 +25,7 @@ from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
     E2E_EXPERIMENT,
+    FAST_CONFIG,
     PROJECT_DIR,
     leave_no_run_behind,
     mlflow_run,
@@ -34,12 +35,12 @@ from tests.conftest import (
 )
 from tests.test_alias_moves import moves_in_some_order
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.system
 
 PIPELINES, SERVICE = "churn-classifier", "churn-service"
 CHAMPION, PREVIOUS = "champion", "previous-champion"
-CHAIN = ("n_trials=2", "check_env_manager=none")
-ROUNDS = 5
+CHAIN = (FAST_CONFIG, "n_trials=2", "check_env_manager=none")
+ROUNDS = 3
 KILLED = -9  # the return code of a process ended by SIGKILL
 
 

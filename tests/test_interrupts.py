@@ -14,7 +14,7 @@ from tabular_mlops.core.names import Tag
 from tabular_mlops.runtime import interrupts, processes
 from tests.conftest import new_store, users_environment
 
-pytestmark = pytest.mark.e2e  # starts processes
+pytestmark = pytest.mark.system  # starts processes
 
 END_WITHIN_SECONDS = 5.0
 

@@ -31,8 +31,8 @@ from tests.conftest import (
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
 LOW_BAR = {"promotion.threshold": 0.7}  # lets the weak model through, on its own
 
-# Runs the step for real (trains, logs, registers): not in the fast loop.
-TRAINS = pytest.mark.e2e
+# Trains, logs and registers for real, in process: not in the fast tier.
+TRAINS = pytest.mark.integration
 
 
 def config_for(name: str, overrides: dict[str, Any] | None = None) -> ProjectConfig:

@@ -38,7 +38,7 @@ print(experiment_id, version.version)
 """
 
 
-@pytest.mark.e2e  # processes of their own: slow
+@pytest.mark.system  # processes of their own
 def test_processes_started_together_on_a_new_store_all_succeed(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
     go = tmp_path / "go"

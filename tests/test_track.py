@@ -21,8 +21,8 @@ SMALL_SPACE = {
     "min_child_samples": {"type": "categorical", "choices": [10, 20, 40]},
 }
 
-# Runs the step for real (trains, logs, registers): not in the fast loop.
-TRAINS = pytest.mark.e2e
+# Trains, logs and registers for real, in process: not in the fast tier.
+TRAINS = pytest.mark.integration
 
 
 CV_METRICS = {f"cv_{m}_{s}" for m in ("roc_auc", "pr_auc", "log_loss") for s in ("mean", "std")}

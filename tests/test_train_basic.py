@@ -17,8 +17,8 @@ from tabular_mlops.jobs.entry_points import TRAIN_BASIC
 from tabular_mlops.mlflow.pipeline_model import declared_inputs
 from tests.conftest import churn_frame, churn_settings, mixed_table, write_config
 
-# Runs the step for real (trains, logs, registers): not in the fast loop.
-TRAINS = pytest.mark.e2e
+# Trains, logs and registers for real, in process: not in the fast tier.
+TRAINS = pytest.mark.integration
 
 
 def runs_of(experiment: str) -> list[mlflow.entities.Run]:

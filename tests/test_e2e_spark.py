@@ -1,0 +1,139 @@
+"""End to end, with Spark: `batch_score --engine spark` answers exactly as the custom model
+does in process (Parquet parts without reasons, a CSV with reasons), and both registered
+models answer through `mlflow.pyfunc.spark_udf` as they do in process.
+
+All in this process, in one JVM for the module: Spark's start-up is the cost here, not the
+rows (`mlflow run -e batch_score` itself is tested with the pandas engine)."""
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from tabular_mlops.jobs.spark_engine import spark_session
+from tests.conftest import shipped_config, use_store
+from tests.test_e2e_batch_score import (
+    ROWS,
+    Scoring,
+    assert_same_answers,
+    in_process_answers,
+    score_in_process,
+    scoring,  # noqa: F401 (the module's fixture)
+    the_run,
+)
+from tests.test_e2e_clients import (
+    PIPELINE,
+    SERVICE,
+    TARGET,
+    Store,
+    assert_same,
+    expected,  # noqa: F401 (the module's fixture)
+    store,  # noqa: F401 (the module's fixture)
+)
+
+pytestmark = [pytest.mark.system, pytest.mark.spark]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_jvm() -> Iterator[None]:
+    """Each test stops its session, not the JVM behind it (started by PySpark once per
+    Python process): the next session starts in seconds. Stopped with the module, or it
+    would idle, using CPU, to the end of the suite."""
+    yield
+    stop_spark_jvm()
+
+
+def stop_spark_jvm() -> None:
+    """PySpark's JVM ends when its stdin closes."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    gateway.proc.stdin.close()
+    gateway.proc.wait(timeout=30)
+    SparkContext._gateway = SparkContext._jvm = None
+
+
+def test_the_spark_engine_answers_as_the_model_does(
+    scoring: Scoring,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Parquet parts, without reasons: the UDF leaves them out and a typed null is added.
+    output = tmp_path / "scores-spark"
+    args = ["--input", str(scoring.parquet_parts), "--output", str(output), "--engine", "spark"]
+    with caplog.at_level(logging.INFO):
+        assert score_in_process(scoring, monkeypatch, *args, "--threshold", "0.3") == 0
+    logged = caplog.text
+    for stage in ("reading", "scoring and writing", "summing up"):
+        assert f"spark: {stage}" in logged
+    use_store(scoring.store)
+    expected_answers = in_process_answers(scoring.rows, {"threshold": 0.3})
+    written = pd.read_parquet(output)
+    assert_same_answers(written, expected_answers)
+    assert written["reasons"].isna().all()
+    run = the_run(scoring.store)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["rows"] == ROWS
+    assert run.data.metrics["decision_rate"] == pytest.approx(expected_answers["decision"].mean())
+
+
+def test_the_spark_engine_reads_a_csv_and_explains_as_the_model_does(
+    scoring: Scoring,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A CSV whose missing values are spelt as pandas reads them, with reasons
+    # (array<struct> through the UDF).
+    rows = scoring.rows.head(2_000)
+    csv, output = tmp_path / "rows.csv", tmp_path / "scores"
+    rows.to_csv(csv, index=False, na_rep="NA")
+    args = ["--input", str(csv), "--output", str(output), "--engine", "spark"]
+    assert score_in_process(scoring, monkeypatch, *args, "--explain", "true") == 0
+    use_store(scoring.store)
+    written = pd.read_parquet(output)
+    assert_same_answers(written, in_process_answers(rows, {"explain": True}))
+    assert all(len(reasons) == 3 for reasons in written["reasons"])
+
+
+def test_spark_udf_on_the_csv_as_spark_reads_it(
+    store: Store,  # noqa: F811
+    expected: dict[tuple[str, str], pd.DataFrame],  # noqa: F811
+) -> None:
+    from pyspark.sql import functions as F
+
+    mlflow.set_tracking_uri(store.uri)
+    session = spark_session(shipped_config().batch.spark, threads=2)
+    try:
+        for form, path in store.tables.items():
+            frame = session.read.option("header", True).option("inferSchema", True).csv(str(path))
+            inputs = [name for name in frame.columns if name != TARGET]
+            assert dict(frame.dtypes)["tenure"] == "int"  # with nulls in the gaps
+            service = mlflow.pyfunc.spark_udf(
+                session,
+                SERVICE,
+                result_type="probability double, decision boolean, risk_band string",
+                env_manager="local",
+            )
+            pipeline = mlflow.pyfunc.spark_udf(
+                session, PIPELINE, result_type="long", env_manager="local"
+            )
+            # The columns by name, as one struct (the models declare their inputs in
+            # `model_config`, so MLflow names unnamed columns 0, 1, ...).
+            rows = F.struct(*inputs)
+            got = (
+                frame.select(service(rows).alias("answer"), pipeline(rows).alias("class"))
+                .select("answer.*", "class")
+                .toPandas()
+            )
+            answers = got[["probability", "decision", "risk_band"]]
+            assert_same(answers, expected[SERVICE, form], f"spark {form}")
+            assert_same(got[["class"]].astype(int), expected[PIPELINE, form], f"spark {form}")
+    finally:
+        session.stop()
