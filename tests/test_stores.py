@@ -11,7 +11,7 @@ import pytest
 import sqlite_store_lock as stores
 from tests.conftest import users_environment
 
-PROCESSES = 8
+PROCESSES = 4
 
 # What `mlflow run --experiment-name churn` does first, then what a step does: open the
 # tracking and registry stores, get or create the experiment, log a run, register a model.
