@@ -137,6 +137,24 @@ def shipped_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
     return load_config(CHURN_CONFIG, paths | (overrides or {}))
 
 
+def shipped_config_file(directory: Path) -> Path:
+    """A config file in `directory` that is the shipped one with its paths absolute, for a
+    step run in process from another folder (relative paths are relative to where a step
+    runs: the project under `mlflow run`)."""
+    config = shipped_config()
+    path = directory / "shipped-absolute.yaml"
+    settings = {
+        "extends": str(CHURN_CONFIG),
+        "data": {"path": str(config.data.path)},
+        "model_code": {
+            "package_dir": str(config.model_code.package_dir),
+            "wheel_dir": str(config.model_code.wheel_dir),
+        },
+    }
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
 @cache
 def session_wheel_dir() -> Path:
     directory = Path(tempfile.mkdtemp(prefix="tabular-mlops-wheels-"))

@@ -1,5 +1,7 @@
 """Batch scoring's pieces, without a model store: inputs, output schema, staged output."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -149,26 +151,54 @@ def test_a_folder_of_parts_is_one_input_with_one_digest(tmp_path) -> None:
 
 def test_the_output_appears_only_when_complete(tmp_path) -> None:
     final = tmp_path / "scores"
-    with pytest.raises(RuntimeError), score_io.staged_output(final, overwrite=False) as staging:
+    staged = score_io.staged_output(final, overwrite=False, run_id="r1")
+    with pytest.raises(RuntimeError), staged as staging:
         (staging / "part-00000.parquet").write_text("half")
         raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []  # neither the output nor the staging folder
-    with score_io.staged_output(final, overwrite=False) as staging:
+    with score_io.staged_output(final, overwrite=False, run_id="r1") as staging:
         (staging / "part-00000.parquet").write_text("first")
         assert not final.exists()
     assert (final / "part-00000.parquet").read_text() == "first"
+    assert json.loads((final / score_io.OUTPUT_MARKER).read_text()) == {"run_id": "r1"}
 
 
-def test_an_existing_output_is_replaced_only_when_asked(tmp_path) -> None:
+def test_an_output_of_batch_score_is_replaced_only_when_asked(tmp_path) -> None:
+    final = tmp_path / "scores"
+    with score_io.staged_output(final, overwrite=False, run_id="r1") as staging:
+        (staging / "part-00000.parquet").write_text("old")
+    refused = pytest.raises(DataError, match="exists: pass -P overwrite=true")
+    with refused, score_io.staged_output(final, overwrite=False, run_id="r2"):
+        pass
+    with score_io.staged_output(final, overwrite=True, run_id="r2") as staging:
+        (staging / "part-00000.parquet").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == [score_io.OUTPUT_MARKER, "part-00000.parquet"]
+    assert (final / "part-00000.parquet").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["scores"]
+
+
+@pytest.mark.parametrize(
+    ("foreign", "why"),
+    [
+        ({"results.csv": "a user's"}, "it holds no _batch_score.json"),
+        (
+            {"_batch_score.json": '{"run_id": "r1"}', "part-00000.parquet": "", "notes.txt": "x"},
+            "it holds notes.txt",
+        ),
+        ({"_batch_score.json": "[]"}, "it holds no _batch_score.json"),
+    ],
+)
+def test_a_folder_batch_score_did_not_write_is_never_replaced(
+    tmp_path, foreign: dict[str, str], why: str
+) -> None:
     final = tmp_path / "scores"
     final.mkdir()
-    (final / "old.parquet").write_text("old")
-    refused = pytest.raises(DataError, match="exists: pass -P overwrite=true")
-    with refused, score_io.staged_output(final, overwrite=False):
-        pass
-    with score_io.staged_output(final, overwrite=True) as staging:
-        (staging / "new.parquet").write_text("new")
-    assert [p.name for p in final.iterdir()] == ["new.parquet"]
+    for name, text in foreign.items():
+        (final / name).write_text(text)
+    refused = pytest.raises(DataError, match=f"is not replaced: {why}, so batch_score did not")
+    with refused, score_io.staged_output(final, overwrite=True, run_id="r2"):
+        pytest.fail("nothing may be scored into a folder that is not ours")
+    assert {p.name: p.read_text() for p in final.iterdir()} == foreign
     assert [p.name for p in tmp_path.iterdir()] == ["scores"]
 
 

@@ -315,7 +315,7 @@ def test_a_pickled_pipeline_is_wrapped_only_if_its_author_is_trusted(store: Wrap
             "custom_model.check_env_manager": "none",
         }
     )
-    with pytest.raises(PromotionError, match=r"is saved with cloudpickle, not skops: loading"):
+    with pytest.raises(PromotionError, match=r"saved with 'cloudpickle', not skops: loading"):
         custom_model(config, model_uri=pickled.model_uri)
     assert not mlflow.MlflowClient().search_registered_models("name = 'from-pickle'")
     trusting = config.model_copy(update={"trust": TrustConfig(allow_pickle=True)})

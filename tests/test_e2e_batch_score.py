@@ -17,12 +17,12 @@ from tabular_custom_model import ChurnModel
 from steps import batch_score as batch_score_step
 from tabular_mlops.core.names import Tag
 from tests.conftest import (
-    CHURN_CONFIG,
     churn_frame,
     copy_of_trained_store,
     leave_no_run_behind,
     mlflow_run,
     point_mlflow_at,
+    shipped_config_file,
     use_store,
 )
 
@@ -185,7 +185,8 @@ def score_in_process(scoring: Scoring, monkeypatch: pytest.MonkeyPatch, *argv: s
     experiment behind in the environment for later `mlflow run`s)."""
     point_mlflow_at(scoring.directory, monkeypatch)
     try:
-        return batch_score_step.main(["--config", str(CHURN_CONFIG), *argv])
+        config = shipped_config_file(scoring.directory)
+        return batch_score_step.main(["--config", str(config), *argv])
     finally:
         leave_no_run_behind()
 
@@ -234,15 +235,18 @@ def test_an_existing_output_is_kept_unless_overwrite(
     rows = tmp_path / "rows.parquet"
     scoring.rows.head(30).to_parquet(rows)
     output = tmp_path / "out"
-    output.mkdir()
-    (output / "keep.txt").write_text("earlier results")
     args = ["--input", str(rows), "--output", str(output)]
-    assert score_in_process(scoring, monkeypatch, *args) == 1
-    assert (output / "keep.txt").read_text() == "earlier results"
+    assert score_in_process(scoring, monkeypatch, *args) == 0
+    first = the_run(scoring.store).info.run_id
+    assert score_in_process(scoring, monkeypatch, *args) == 1  # exists: kept
     assert the_run(scoring.store).info.status == "FAILED"
     assert score_in_process(scoring, monkeypatch, *args, "--overwrite", "true") == 0
     assert len(pd.read_parquet(output)) == 30
-    assert not (output / "keep.txt").exists()
+    assert the_run(scoring.store).info.run_id != first
+    # A folder of someone else's, with the marker planted: still not ours to delete.
+    (output / "keep.txt").write_text("earlier results")
+    assert score_in_process(scoring, monkeypatch, *args, "--overwrite", "true") == 1
+    assert (output / "keep.txt").read_text() == "earlier results"
 
 
 def test_an_unreadable_input_fails_the_run(

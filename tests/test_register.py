@@ -26,6 +26,7 @@ from tests.conftest import (
     pickled_copy_of,
     point_mlflow_at,
     shipped_config,
+    shipped_config_file,
 )
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous-champion"
@@ -249,7 +250,7 @@ def test_challenger_that_fails_to_load_never_gets_an_alias(
 ) -> None:
     with caplog.at_level(logging.ERROR):
         code = register_step.main(
-            ["--config", str(CHURN_CONFIG), "--run-id", store.broken, "--data-path", str(CHURN_CSV)]
+            ["--config", str(shipped_config_file(store.directory)), "--run-id", store.broken]
         )
     assert code == 1
     # main() read the shipped config: registered under its name, in its experiment.
@@ -277,13 +278,14 @@ def test_a_pickled_candidate_is_refused_unless_its_author_is_trusted(
     store: Trained, caplog: pytest.LogCaptureFixture
 ) -> None:
     pickled = pickled_copy_of(store.strong)
-    argv = ["--config", str(CHURN_CONFIG), "--run-id", pickled.run_id]
+    argv = ["--config", str(shipped_config_file(store.directory)), "--run-id", pickled.run_id]
     argv += ["--data-path", str(CHURN_CSV), "--registered-model-name", "pickled"]
     with caplog.at_level(logging.ERROR):
         assert register_step.main(argv) == 1
     assert caplog.records[-1].getMessage() == (
-        f"model {pickled.model_uri} is saved with cloudpickle, not skops: loading it would run "
-        "code of whoever logged it; pass -P allow_pickle=true only if you trust them"
+        f"model {pickled.model_uri} refused: its pipeline is saved with 'cloudpickle', not "
+        "skops: loading it runs code of whoever logged it; load it only if you trust whoever "
+        "logged it (-P allow_pickle=true)"
     )
     assert version_count("pickled") == 0  # refused before anything was registered
     assert register_step.main([*argv, "--allow-pickle", "true"]) == 0

@@ -2,22 +2,24 @@
 (tabular_mlops.jobs.entry_points), logging, one error line and an exit code."""
 
 import argparse
+import io
 import logging
 import os
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 import mlflow
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_RUN_ID
 
 from tabular_mlops.core.config import ProjectConfig, load_config
-from tabular_mlops.core.errors import UserInputError
+from tabular_mlops.core.errors import ConfigError, UserInputError
 from tabular_mlops.core.names import MAX_TAG_LENGTH, Tag
-from tabular_mlops.core.redaction import redact
+from tabular_mlops.core.redaction import holds_credentials, redact
 from tabular_mlops.jobs.entry_points import EntryPoint, Kind, Parameter
+from tabular_mlops.mlflow import deserialization
 from tabular_mlops.mlflow.runs import configure_tracking
 
 logger = logging.getLogger(__name__)
@@ -93,21 +95,63 @@ def unset_or(parse: Callable[[str], T]) -> Callable[[str], T | None]:
     return parse_or_none
 
 
+# Loggers MLflow gives handlers of their own (mlflow.utils.logging_utils), which do not
+# pass through the root logger's.
+_MLFLOW_LOGGERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey")
+
+
 def configure_logging() -> None:
+    """Log lines on stderr, and everything a step prints, with secrets masked
+    (core.redaction): ours, MLflow's, SQLAlchemy's, Optuna's, and MLflow's "View run at"
+    line on stdout."""
     if not sys.stderr.isatty():  # MLflow's download bars would flood logs, one per update
         os.environ.setdefault(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name, "false")
     handler = logging.StreamHandler()
     handler.setFormatter(
-        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    for name in ("", *_MLFLOW_LOGGERS):
+        for each in logging.getLogger(name).handlers:
+            if not any(isinstance(f, RedactingFilter) for f in each.filters):
+                each.addFilter(RedactingFilter())
+    if not isinstance(sys.stdout, RedactingStream):
+        sys.stdout = RedactingStream(sys.stdout)
 
 
-class RedactingFormatter(logging.Formatter):
-    """Log lines with URL passwords masked, whoever logs them (us, Optuna, SQLAlchemy)."""
+class RedactingFilter(logging.Filter):
+    """On a handler: the record's message with secrets masked, whoever logs it."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (masked := redact(message)) != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that masks secrets in what is written to it (MLflow writes its "View
+    run at" link, made from the tracking URI, straight to stdout)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        self._stream.write(redact(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def fileno(self) -> int:
+        return self._stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._stream.encoding
 
 
 _READERS: dict[Kind, Callable[[str], Any]] = {
@@ -146,17 +190,32 @@ def run_with_config(
     it; a UserInputError becomes one error line and exit code 1."""
     values = {key: getattr(args, parameter) for parameter, key in entry.overrides().items()}
     try:
+        refuse_credentials(vars(args))
         config = load_config(args.config, values)
     except UserInputError as error:
         record_failure(str(error))  # no run of ours yet: tag the one `mlflow run` opened
         logger.error("%s", error)
         return 1
     try:
-        step(config)
+        with deserialization.forbidden(config.trust.allow_pickle):
+            step(config)
     except UserInputError as error:
         logger.error("%s", error)  # the run already ended FAILED with the `error` tag
         return 1
     return 0
+
+
+def refuse_credentials(parameters: dict[str, Any]) -> None:
+    """A parameter is logged as it is given (by MLflow, as a param of the run it opens):
+    one holding a URL's password or token is refused, pointing to where it belongs."""
+    for name, value in parameters.items():
+        if isinstance(value, str) and holds_credentials(value):
+            raise ConfigError(
+                f"parameter {name} holds a credential, which MLflow has logged with the run's "
+                "params: give it through the environment instead (PostgreSQL: PGPASSWORD or "
+                "~/.pgpass; a tracking server: MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD), then delete that run"
+            )
 
 
 def record_failure(reason: str) -> None:

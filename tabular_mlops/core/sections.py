@@ -297,6 +297,11 @@ class PromotionConfig(_Section):
     def greater_is_better(self) -> bool:
         return GATE_METRICS[self.metric]
 
+    @property
+    def aliases(self) -> tuple[str, str, str]:
+        """The aliases `register` moves."""
+        return (self.champion_alias, self.challenger_alias, self.previous_champion_alias)
+
 
 class CostMatrix(_Section):
     """Cost of each outcome of a decision, in any one unit (money, say)."""

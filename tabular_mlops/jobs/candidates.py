@@ -1,17 +1,26 @@
 """Which run `register` reviews: the one named (`-P run_id`), or the experiment's best run
-trained on this data and split; and whether the held-out rows are really held out from it."""
+trained on this data and split; and whether the held-out rows are really held out from it.
+
+Anyone who may write to the experiment writes runs' tags and metrics, so neither decides
+what is loaded: a candidate's model is a LoggedModel whose source is that very run (the
+tracking server's record, not the run's `model_uri` tag), downloaded and checked
+(mlflow.model_trust) before anything of it loads. The automatic choice skips a run whose
+model is refused, with a warning, and takes the next best: a crafted run with a forged
+metric cannot stop the reviews."""
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.errors import PromotionError
 from tabular_mlops.core.names import ModelType, Status, Tag, Verdict
-from tabular_mlops.core.sections import PromotionConfig
 from tabular_mlops.mlflow import registry, runs
+from tabular_mlops.mlflow.model_trust import CheckedModel, LoadPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -19,33 +28,59 @@ logger = logging.getLogger(__name__)
 WITHDRAWN = (Verdict.ROLLED_BACK, Verdict.FAILED_TO_LOAD)
 
 
+# Runs the automatic choice looks at, best first, for one whose model is not refused.
+RANKED_RUNS = 20
+
+
 @dataclass(frozen=True)
 class Candidate:
     run: Run
-    model_uri: str
+    model: CheckedModel  # its logged model, downloaded and checked: what is loaded
     selected_by: str
 
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
 
+    @property
+    def model_uri(self) -> str:
+        return self.model.uri
 
-def from_run(run_id: str, model_name: str) -> Candidate:
+
+def from_run(run_id: str, config: ProjectConfig, scratch: Path) -> Candidate:
+    """The run `-P run_id` names, its model checked; any refusal is a PromotionError."""
     run = runs.finished_run(run_id, PromotionError)
-    model_uri = run.data.tags.get(Tag.MODEL_URI) or _logged_model_uri(run, model_name)
-    return Candidate(run, model_uri, selected_by="run_id parameter")
+    model = LoadPolicy.of(config).checked(own_model_uri(run, config.tracking.model_name), scratch)
+    return Candidate(run, model, selected_by="run_id parameter")
 
 
-def _logged_model_uri(run: Run, model_name: str) -> str:
-    """The model named `model_name` a run logged (for runs not made by this project)."""
-    models = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}' AND name = '{model_name}'",
-        output_format="list",
-    )
-    if not models:
-        raise PromotionError(f"run {run.info.run_id} logged no model named {model_name!r}")
-    return f"models:/{models[0].model_id}"
+def own_model_uri(run: Run, model_name: str) -> str:
+    """`models:/<id>` of the model `run` logged: the LoggedModel its `model_uri` tag names
+    only if the tracking server records this run as its source; without the tag (a run
+    not made by this project), its LoggedModel named `model_name`."""
+    run_id = run.info.run_id
+    tagged = run.data.tags.get(Tag.MODEL_URI)
+    if tagged is None:
+        models = mlflow.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{model_name}'",
+            output_format="list",
+        )
+        if not models:
+            raise PromotionError(f"run {run_id} logged no model named {model_name!r}")
+        return f"models:/{models[0].model_id}"
+    try:
+        source = mlflow.get_logged_model(tagged.removeprefix("models:/")).source_run_id
+    except MlflowException:
+        raise PromotionError(
+            f"run {run_id}'s {Tag.MODEL_URI} tag names {tagged!r}, which is not a logged model"
+        ) from None
+    if source != run_id:
+        raise PromotionError(
+            f"run {run_id}'s {Tag.MODEL_URI} tag names {tagged}, a model logged by "
+            f"{f'run {source}' if source else 'no run'}: a candidate's model must be its own"
+        )
+    return tagged
 
 
 def training_fingerprint(config: ProjectConfig, digest: str) -> dict[str, str]:
@@ -58,12 +93,15 @@ def training_fingerprint(config: ProjectConfig, digest: str) -> dict[str, str]:
 
 
 def best_candidate(
-    promotion: PromotionConfig, name: str, trained_on: dict[str, str], same_split: bool
+    config: ProjectConfig, trained_on: dict[str, str], same_split: bool, scratch: Path
 ) -> Candidate:
     """The finished run with a logged pipeline, trained on this data (and split, when the
-    held-out rows are the test split), that scored best on `promotion.metric`. Runs whose
-    version was rolled back or failed to load are skipped: only `-P run_id` brings them
-    back."""
+    held-out rows are the test split), that scored best on `promotion.metric`, and whose
+    model is its own and passes the checks (the runs before it are skipped, each with a
+    warning). Runs whose version was rolled back or failed to load are skipped: only
+    `-P run_id` brings them back."""
+    promotion = config.require_promotion()
+    name = config.tracking.registered_model_name
     required = trained_on if same_split else {k: v for k, v in trained_on.items() if "tags." in k}
     conditions = [
         f"attributes.status = '{Status.FINISHED}'",
@@ -79,27 +117,36 @@ def best_candidate(
         conditions.append(f"attributes.run_id NOT IN ({', '.join(map(repr, sorted(withdrawn)))})")
     order = "DESC" if promotion.greater_is_better else "ASC"
     experiment_id = mlflow.get_run(runs.active_run_id()).info.experiment_id
-    best = mlflow.search_runs(
+    ranked = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=" and ".join(conditions),
         order_by=[f"metrics.{promotion.metric} {order}"],
-        max_results=1,
+        max_results=RANKED_RUNS,
         output_format="list",
     )
-    if not best:
-        raise PromotionError(
-            f"no finished run in experiment {experiment_id} has a model trained on this data "
-            f"({trained_on[f'tags.{Tag.DATASET_DIGEST}']}) and split: run train_basic or "
-            "track first, or pass -P run_id=..."
+    policy, refused = LoadPolicy.of(config), 0
+    for run in ranked:
+        try:
+            model = policy.checked(
+                own_model_uri(run, config.tracking.model_name), scratch / run.info.run_id
+            )
+        except PromotionError as error:
+            logger.warning("skipping run %s: %s", run.info.run_id, error)
+            refused += 1
+            continue
+        logger.info(
+            "best run by %s: %s (%.4f)",
+            promotion.metric,
+            run.info.run_id,
+            run.data.metrics[promotion.metric],
         )
-    run = best[0]
-    logger.info(
-        "best run by %s: %s (%.4f)",
-        promotion.metric,
-        run.info.run_id,
-        run.data.metrics[promotion.metric],
+        return Candidate(run, model, selected_by=f"best {promotion.metric}")
+    skipped = f" ({refused} whose model was refused: see the warnings above)" if refused else ""
+    raise PromotionError(
+        f"no finished run in experiment {experiment_id} has a model trained on this data "
+        f"({trained_on[f'tags.{Tag.DATASET_DIGEST}']}) and split{skipped}: run train_basic "
+        "or track first, or pass -P run_id=..."
     )
-    return Candidate(run, run.data.tags[Tag.MODEL_URI], selected_by=f"best {promotion.metric}")
 
 
 def _backticked(key: str) -> str:

@@ -29,11 +29,17 @@ logger = logging.getLogger(__name__)
 
 
 def score_with_pandas(
-    model: ScoringModel, source: ScoringInput, staging: Path, settings: BatchConfig, threads: int
+    model: ScoringModel,
+    model_dir: Path,
+    source: ScoringInput,
+    staging: Path,
+    settings: BatchConfig,
+    threads: int,
 ) -> ScoreSummary:
-    """Score `source` into Parquet parts in `staging`; the answers summed up."""
+    """Score `source` into Parquet parts in `staging` with the model's checked copy in
+    `model_dir`; the answers summed up."""
     pa.set_cpu_count(threads)  # Arrow's pool takes every core by default
-    pyfunc = mlflow.pyfunc.load_model(model.uri)
+    pyfunc = mlflow.pyfunc.load_model(str(model_dir))
     schema = output_schema(model.outputs, source)
     params = request_params(settings)
     size = batch_rows(settings, model)

@@ -8,7 +8,9 @@ predict on its input example, then takes the `challenger` alias and is judged ag
 """
 
 import logging
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -22,6 +24,7 @@ from tabular_mlops.core.names import MAX_TAG_LENGTH, Artifact, Tag, Verdict
 from tabular_mlops.core.sections import PromotionConfig
 from tabular_mlops.jobs import candidates
 from tabular_mlops.mlflow import datasets, descriptions, evaluation, registry
+from tabular_mlops.mlflow.model_trust import CheckedModel, LoadPolicy
 from tabular_mlops.runtime import interrupts, stale_runs
 
 logger = logging.getLogger(__name__)
@@ -57,57 +60,71 @@ def promote(config: ProjectConfig, run_id: str | None, dry_run: bool) -> Decisio
     """Review a candidate (`run_id`, or the experiment's best run) for `champion`."""
     promotion = config.require_promotion()
     name = config.tracking.registered_model_name
-    # A wrong run id, or a model that is not safe to load, fails before any work.
-    given = candidates.from_run(run_id, config.tracking.model_name) if run_id else None
-    if given:
-        registry.refuse_pickled(given.model_uri, config.trust.allow_pickle)
-    training = data.load_table(config.data)
-    holdout = data.load_holdout(training, config.data, config.split, promotion.holdout_path)
-    datasets.log_dataset(holdout.table, context="holdout")
-    # What a run must have trained on for these rows to be held out from it.
-    trained_on = candidates.training_fingerprint(config, training.digest)
+    with tempfile.TemporaryDirectory(prefix="review-") as scratch:
+        # A wrong run id, or a model that is not safe to load, fails before any work.
+        given = candidates.from_run(run_id, config, Path(scratch, "given")) if run_id else None
+        training = data.load_table(config.data)
+        holdout = data.load_holdout(training, config.data, config.split, promotion.holdout_path)
+        datasets.log_dataset(holdout.table, context="holdout")
+        # What a run must have trained on for these rows to be held out from it.
+        trained_on = candidates.training_fingerprint(config, training.digest)
 
-    candidate = given or candidates.best_candidate(
-        promotion, name, trained_on, holdout.is_test_split
-    )
-    registry.refuse_pickled(candidate.model_uri, config.trust.allow_pickle)
-    if holdout.is_test_split and (mismatch := candidates.differences(candidate.run, trained_on)):
-        raise PromotionError(
-            f"run {candidate.run_id} was trained on other data or another split "
-            f"({mismatch}), so the test split is not held out from it: retrain it with this "
-            "config, or set promotion.holdout_path to rows no candidate trained on"
+        candidate = given or candidates.best_candidate(
+            config, trained_on, holdout.is_test_split, Path(scratch, "ranked")
         )
-    decision = Decision(
-        action="promote",
-        registered_model=name,
-        dry_run=dry_run,
-        aliases_before=registry.aliases(name),
-        candidate_run_id=candidate.run_id,
-        candidate_model_uri=candidate.model_uri,
-        selected_by=candidate.selected_by,
-        holdout={
-            "source": str(holdout.table.source),
-            "rows": len(holdout.y),
-            "test_split": holdout.is_test_split,
-        },
-    )
-    decision.champion_version = decision.aliases_before.get(promotion.champion_alias)
-    spec = training.spec
-    described = descriptions.pipeline_model(config, spec.numeric, spec.categorical)
-    _review(decision, candidate, promotion, holdout, trained_on, dry_run, described)
+        if holdout.is_test_split and (
+            mismatch := candidates.differences(candidate.run, trained_on)
+        ):
+            raise PromotionError(
+                f"run {candidate.run_id} was trained on other data or another split "
+                f"({mismatch}), so the test split is not held out from it: retrain it with "
+                "this config, or set promotion.holdout_path to rows no candidate trained on"
+            )
+        decision = Decision(
+            action="promote",
+            registered_model=name,
+            dry_run=dry_run,
+            aliases_before=registry.aliases(name),
+            candidate_run_id=candidate.run_id,
+            candidate_model_uri=candidate.model_uri,
+            selected_by=candidate.selected_by,
+            holdout={
+                "source": str(holdout.table.source),
+                "rows": len(holdout.y),
+                "test_split": holdout.is_test_split,
+            },
+        )
+        decision.champion_version = decision.aliases_before.get(promotion.champion_alias)
+        # The champion is checked too: whoever may move an alias may point it at any model.
+        champion = (
+            LoadPolicy.of(config).checked(
+                registry.version_uri(name, decision.champion_version), Path(scratch, "champion")
+            )
+            if decision.champion_version is not None
+            else None
+        )
+        spec = training.spec
+        described = descriptions.pipeline_model(config, spec.numeric, spec.categorical)
+        review = Review(candidate, champion, promotion, holdout, trained_on, described)
+        _review(decision, review, dry_run)
     decision.aliases_after = registry.aliases(name)
     return decision
 
 
-def _review(
-    decision: Decision,
-    candidate: candidates.Candidate,
-    promotion: PromotionConfig,
-    holdout: data.Holdout,
-    trained_on: dict[str, str],
-    dry_run: bool,
-    model_description: str,
-) -> None:
+@dataclass(frozen=True)
+class Review:
+    """What a review compares, on what rows."""
+
+    candidate: candidates.Candidate
+    champion: CheckedModel | None  # the champion's version, checked; None: there is none
+    promotion: PromotionConfig
+    holdout: data.Holdout
+    trained_on: dict[str, str]
+    model_description: str
+
+
+def _review(decision: Decision, review: Review, dry_run: bool) -> None:
+    candidate, promotion, holdout = review.candidate, review.promotion, review.holdout
     name, champion = decision.registered_model, decision.champion_version
     existing = registry.find_version(name, candidate.run_id, candidate.model_uri)
     if existing is not None and int(existing.version) == champion:
@@ -123,14 +140,14 @@ def _review(
         review_uri = registry.version_uri(name, version) if version else candidate.model_uri
     else:
         done = registry.register_run_model(
-            candidate.run_id, candidate.model_uri, name, model_description
+            candidate.run_id, candidate.model_uri, name, review.model_description
         )
         version = registered = done.version
         review_uri = done.uri
     decision.candidate_version = version
 
     try:
-        check_loads(review_uri)
+        check_loads(candidate.model)  # the version's model: registered from that very URI
     except Exception as error:  # whatever breaks loading or predicting, the model is unusable
         decision.verdict = Verdict.FAILED_TO_LOAD
         decision.reason = f"{review_uri} cannot serve: {_one_line(error)}"
@@ -140,13 +157,13 @@ def _review(
     if registered is not None:
         registry.move_alias(name, promotion.challenger_alias, registered)
 
-    challenger_result = _evaluate("challenger", review_uri, holdout)
+    challenger_result = _evaluate("challenger", candidate.model, review_uri, holdout)
     champion_result = None
-    if champion is not None:
+    if champion is not None and review.champion is not None:
         champion_run = mlflow.MlflowClient().get_model_version(name, str(champion)).run_id
         if holdout.is_test_split and champion_run:
-            candidates.warn_if_not_held_out(champion, champion_run, trained_on)
-        champion_result = _evaluate("champion", registry.version_uri(name, champion), holdout)
+            candidates.warn_if_not_held_out(champion, champion_run, review.trained_on)
+        champion_result = _evaluate("champion", review.champion, review.champion.uri, holdout)
     decision.challenger_metrics = dict(challenger_result.metrics)
     decision.champion_metrics = dict(champion_result.metrics) if champion_result else {}
 
@@ -160,7 +177,8 @@ def _review(
         if champion is not None:
             moves = {promotion.previous_champion_alias: champion, **moves}
         try:
-            registry.move_aliases(name, moves, {promotion.champion_alias: champion}, _run_id())
+            expected = {promotion.champion_alias: champion}
+            registry.move_aliases(name, moves, expected, _run_id(), promotion.aliases)
         except registry.AliasesMovedError as moved:
             passed = False
             decision.reason = (
@@ -191,7 +209,7 @@ def rollback(config: ProjectConfig, dry_run: bool) -> Decision:
         moves = {promotion.champion_alias: previous, promotion.previous_champion_alias: None}
         expected = {promotion.champion_alias: current, promotion.previous_champion_alias: previous}
         try:
-            registry.move_aliases(name, moves, expected, _run_id())
+            registry.move_aliases(name, moves, expected, _run_id(), promotion.aliases)
         except registry.AliasesMovedError as moved:
             raise PromotionError(f"rollback not done: {moved}; run it again") from None
         if current is not None:
@@ -215,9 +233,10 @@ def _run_id() -> str:
     return run.info.run_id if run else "none"
 
 
-def check_loads(model_uri: str) -> None:
-    """Load `model_uri` as a pyfunc and predict on its input example, or raise."""
-    model = mlflow.pyfunc.load_model(model_uri)
+def check_loads(checked: CheckedModel) -> None:
+    """Load a checked model as a pyfunc and predict on its input example, or raise."""
+    with checked.loading() as local:
+        model = mlflow.pyfunc.load_model(str(local))
     example = model.input_example
     if example is None:
         raise ValueError("the model has no input example to predict on")
@@ -276,7 +295,9 @@ def log_decision(decision: Decision) -> None:
     )
 
 
-def _evaluate(role: str, model_uri: str, holdout: data.Holdout) -> EvaluationResult:
+def _evaluate(
+    role: str, model: CheckedModel, model_uri: str, holdout: data.Holdout
+) -> EvaluationResult:
     """Evaluate in a child run of the register run, so both evaluations keep every metric
     and plot side by side."""
     tags = {
@@ -287,7 +308,7 @@ def _evaluate(role: str, model_uri: str, holdout: data.Holdout) -> EvaluationRes
     }
     run = mlflow.start_run(run_name=f"evaluate {role}", nested=True, tags=tags)
     with run, interrupts.run_ends_killed(run.info.run_id):
-        return evaluation.evaluate_model(model_uri, holdout.X, holdout.y)
+        return evaluation.evaluate_model(model, holdout.X, holdout.y)
 
 
 def _one_line(error: BaseException | str) -> str:

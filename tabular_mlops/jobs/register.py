@@ -33,7 +33,15 @@ def register(
     name = config.tracking.registered_model_name
     with runs.project_run(config, REGISTER.name, None, REGISTER.summary) as run:
         runs.log_config(config)
-        registry.complete_interrupted_moves(name)  # first, whatever the action
+        if action in ("promote", "rollback") and not dry_run:
+            registry.complete_interrupted_moves(name, promotion.aliases)  # before any move
+        elif interrupted := registry.interrupted_moves(name, promotion.aliases):
+            logger.warning(
+                "alias moves of %s interrupted in run %s: the next review or rollback "
+                "finishes them",
+                name,
+                interrupted.run_id,
+            )
         decision = None
         if action == "rollback":
             decision = promote.rollback(config, dry_run)

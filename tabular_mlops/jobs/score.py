@@ -1,12 +1,13 @@
 """The `batch_score` job: a table in, a Parquet folder of the custom model's answers out,
 with pandas on this machine (jobs.pandas_engine) or with Spark (jobs.spark_engine).
 
-What both engines share: the model resolved to a registered version and checked to be this
-project's custom model (jobs.scoring_model), the input checked and typed as the model
-declares its inputs, the output written under a temporary name and renamed when complete
-(jobs.score_io), and the figures of the run."""
+What both engines share: the model resolved to a registered version, checked to be this
+project's custom model (jobs.scoring_model) and safe to load (mlflow.model_trust), the
+input checked and typed as the model declares its inputs, the output written under a
+temporary name and renamed when complete (jobs.score_io), and the figures of the run."""
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from tabular_mlops.jobs import score_io, scoring_model
 from tabular_mlops.jobs.entry_points import BATCH_SCORE
 from tabular_mlops.jobs.pandas_engine import score_with_pandas
 from tabular_mlops.mlflow import datasets, registry, runs
+from tabular_mlops.mlflow.model_trust import LoadPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -39,21 +41,28 @@ def batch_score(config: ProjectConfig) -> BatchScoreResult:
     custom = config.require_custom_model()
     uri = settings.model_uri or registry.alias_uri(custom.registered_model_name, custom.alias)
     threads = config.compute.resolved_threads()
-    with runs.project_run(config, BATCH_SCORE.name, None, BATCH_SCORE.summary) as run:
+    with (
+        runs.project_run(config, BATCH_SCORE.name, None, BATCH_SCORE.summary) as run,
+        tempfile.TemporaryDirectory(prefix="scoring-model-") as scratch,
+    ):
         runs.log_config(config)
         model = scoring_model.resolve_model(uri)
         mlflow.set_tag(Tag.SCORED_WITH, model.uri)
+        checked = LoadPolicy.of(config).checked(model.uri, Path(scratch))
         source = score_io.open_input(settings.input, model.inputs, config.data.id_columns)
         datasets.log_file_input(source.path, source.digest, context="scoring")
         mlflow.set_tag(Tag.OUTPUT_PATH, str(settings.output.resolve()))
         started = time.perf_counter()
-        with score_io.staged_output(settings.output, settings.overwrite) as staging:
+        with (
+            score_io.staged_output(settings.output, settings.overwrite, run.info.run_id) as staging,
+            checked.loading() as model_dir,  # Spark's JVM and workers inherit it
+        ):
             if settings.engine == "spark":
                 from tabular_mlops.jobs.spark_engine import score_with_spark  # starts a JVM
 
-                summary = score_with_spark(model, source, staging, settings, threads)
+                summary = score_with_spark(model, model_dir, source, staging, settings, threads)
             else:
-                summary = score_with_pandas(model, source, staging, settings, threads)
+                summary = score_with_pandas(model, model_dir, source, staging, settings, threads)
         seconds = time.perf_counter() - started
         if not summary.rows:
             logger.warning("input %s has no rows: the output holds its schema only", source.path)

@@ -3,6 +3,8 @@ its inputs (a CSV or Parquet file, or a folder of Parquet parts), and the output
 folder written under a temporary name and renamed when complete."""
 
 import hashlib
+import json
+import re
 import shutil
 import tempfile
 import uuid
@@ -124,18 +126,34 @@ def output_schema(outputs: Schema, source: ScoringInput) -> pa.Schema:
     return pa.schema([*ids, *answers])
 
 
+# Written last into every output batch_score makes, with the run that made it: only a
+# folder holding it (and nothing but what batch_score writes) is ever replaced. Readers of
+# Parquet folders (pyarrow, Spark) skip files whose name starts with "_".
+OUTPUT_MARKER = "_batch_score.json"
+# What else an output of batch_score holds: its parts, Spark's _SUCCESS and checksums.
+_OWN_FILES = re.compile(r"^(part-.*\.parquet|_SUCCESS|\..*\.crc)$")
+
+
 @contextmanager
-def staged_output(final: Path, overwrite: bool) -> Iterator[Path]:
+def staged_output(final: Path, overwrite: bool, run_id: str) -> Iterator[Path]:
     """A temporary folder beside `final`, renamed to `final` once the block completes:
     a job killed half-way leaves nothing under the final name (only a `<name>.partial-*`
     folder; not hidden, since Spark skips hidden paths). An existing `final` is refused
-    unless `overwrite`; it is replaced only once the new output is complete."""
-    if final.exists() and not overwrite:
-        raise DataError(f"output {final} exists: pass -P overwrite=true to replace it")
+    unless `overwrite`, and then unless batch_score wrote it (see OUTPUT_MARKER); it is
+    replaced only once the new output is complete."""
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            raise DataError(f"output {final} exists: pass -P overwrite=true to replace it")
+        if why := _not_ours(final):
+            raise DataError(
+                f"output {final} is not replaced: {why}, so batch_score did not write it; "
+                "move it away yourself, or choose another output"
+            )
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{final.name}.partial-", dir=final.parent))
     try:
         yield staging
+        (staging / OUTPUT_MARKER).write_text(json.dumps({"run_id": run_id}))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -143,9 +161,27 @@ def staged_output(final: Path, overwrite: bool) -> Iterator[Path]:
         replaced = final.with_name(f"{final.name}.replaced-{uuid.uuid4().hex[:8]}")
         final.rename(replaced)
         staging.rename(final)
-        shutil.rmtree(replaced) if replaced.is_dir() else replaced.unlink()
+        shutil.rmtree(replaced)
     else:
         staging.rename(final)
+
+
+def _not_ours(folder: Path) -> str | None:
+    """Why `folder` is not an output batch_score wrote; None when it is."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "it is not a folder"
+    try:
+        run_id = json.loads((folder / OUTPUT_MARKER).read_text())["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"it holds no {OUTPUT_MARKER}"
+    if not isinstance(run_id, str):
+        return f"its {OUTPUT_MARKER} names no run"
+    others = sorted(
+        entry.name
+        for entry in folder.iterdir()
+        if entry.name != OUTPUT_MARKER and not (entry.is_file() and _OWN_FILES.match(entry.name))
+    )
+    return f"it holds {others[0]}" if others else None
 
 
 class PartWriter:

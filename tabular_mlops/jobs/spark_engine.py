@@ -65,6 +65,7 @@ def spark_session(config: SparkConfig, threads: int) -> SparkSession:
 
 def score_with_spark(
     model: ScoringModel,
+    model_dir: Path,
     source: ScoringInput,
     staging: Path,
     settings: BatchConfig,
@@ -90,7 +91,7 @@ def score_with_spark(
         )
         udf = mlflow.pyfunc.spark_udf(
             spark,
-            model.uri,
+            str(model_dir),  # the checked copy; MLflow ships it to the executors
             result_type=answers,
             env_manager="local",
             params=request_params(settings),

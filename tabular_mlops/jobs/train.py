@@ -14,6 +14,7 @@ from tabular_mlops.core.sections import HEADLINE_METRICS
 from tabular_mlops.jobs import step_cache
 from tabular_mlops.jobs.entry_points import TRAIN_BASIC
 from tabular_mlops.mlflow import datasets, descriptions, evaluation, pipeline_model, registry, runs
+from tabular_mlops.mlflow.model_trust import LoadPolicy
 from tabular_mlops.mlflow.shipped_code import ShippedCode
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         )
 
         metrics = evaluation.log_test_evaluation(
-            pipeline, model_info.model_uri, parts.X_test, parts.y_test
+            pipeline, model_info.model_uri, parts.X_test, parts.y_test, LoadPolicy.of(config)
         )
         metrics |= evaluation.log_f1_threshold_metrics(
             pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test, config.split.seed
@@ -66,6 +67,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
             parts.X_test.head(rows),
             parts.y_test.head(rows),
             parts.ids_test.head(rows),
+            LoadPolicy.of(config),
         )
     for metric in HEADLINE_METRICS:
         logger.info("test %s = %.4f", metric, metrics[metric])

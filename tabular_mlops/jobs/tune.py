@@ -50,6 +50,7 @@ from tabular_mlops.core.search import (
 from tabular_mlops.core.sections import TuningConfig
 from tabular_mlops.jobs.entry_points import TRACK
 from tabular_mlops.mlflow import datasets, evaluation, pipeline_model, runs, tuning_report
+from tabular_mlops.mlflow.model_trust import LoadPolicy
 from tabular_mlops.mlflow.shipped_code import ShippedCode
 from tabular_mlops.runtime import interrupts
 
@@ -109,7 +110,7 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
             pipeline, parts.X_train, table.raw, config.tracking, code
         )
         metrics = evaluation.log_test_evaluation(
-            pipeline, model_info.model_uri, parts.X_test, parts.y_test
+            pipeline, model_info.model_uri, parts.X_test, parts.y_test, LoadPolicy.of(config)
         )
         metrics |= evaluation.log_f1_threshold_metrics(
             pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test, config.split.seed

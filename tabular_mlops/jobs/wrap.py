@@ -24,6 +24,7 @@ from tabular_mlops.mlflow import (
     runs,
     service_model,
 )
+from tabular_mlops.mlflow.model_trust import LoadPolicy
 from tabular_mlops.mlflow.shipped_code import ShippedCode
 
 logger = logging.getLogger(__name__)
@@ -51,11 +52,10 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
             config.tracking.registered_model_name, custom.source_aliases
         )
         mlflow.set_tag(Tag.SOURCE_MODEL_URI, source_uri)
-        registry.refuse_pickled(source_uri, config.trust.allow_pickle)
-        pipeline_dir = Path(scratch) / pipeline_model.PIPELINE_ARTIFACT
-        pipeline_dir.mkdir()
-        mlflow.artifacts.download_artifacts(source_uri, dst_path=str(pipeline_dir))
-        pipeline = mlflow.sklearn.load_model(str(pipeline_dir))
+        policy = LoadPolicy.of(config)
+        source = policy.checked(source_uri, Path(scratch) / pipeline_model.PIPELINE_ARTIFACT)
+        with source.loading() as pipeline_dir:
+            pipeline = mlflow.sklearn.load_model(str(pipeline_dir))
 
         table = data.load_table(config.data)
         datasets.log_dataset(table)
@@ -79,21 +79,22 @@ def custom_model(config: ProjectConfig, model_uri: str | None = None) -> CustomM
 
         code = ShippedCode.build(config.model_code)
         mlflow.set_tag(Tag.WHEEL, code.wheel.name)
-        inputs = pipeline_model.declared_inputs(Model.load(pipeline_dir))
+        inputs = pipeline_model.declared_inputs(Model.load(source.local))
         settings = service_model.model_config(tuned.threshold, custom, inputs)
         info = service_model.log_wrapped_model(
-            pipeline_dir, settings, code, config.tracking.model_name
+            source.local, settings, code, config.tracking.model_name
         )
         mlflow.set_tag(Tag.MODEL_URI, info.model_uri)
 
         version = registry.register_run_model(
             run.info.run_id, info.model_uri, name, descriptions.service_model(config)
         )
-        model_dir = Path(
-            mlflow.artifacts.download_artifacts(version.uri, dst_path=f"{scratch}/registered")
-        )
+        registered = policy.checked(version.uri, Path(scratch) / "registered")
         try:
-            checks.check_answers(model_dir, custom.check_env_manager, custom.check_timeout_seconds)
+            with registered.loading() as model_dir:  # in this process and the checks' own
+                checks.check_answers(
+                    model_dir, custom.check_env_manager, custom.check_timeout_seconds
+                )
         except PromotionError:
             registry.set_review(name, version.version, Verdict.FAILED_CHECK)
             raise

@@ -12,8 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import Run
-from mlflow.models import EvaluationResult, Model
-from mlflow.models.model import MLMODEL_FILE_NAME
+from mlflow.models import EvaluationResult
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
@@ -28,6 +27,7 @@ from tabular_mlops.core.sections import (
     CostMatrix,
     DecisionConfig,
 )
+from tabular_mlops.mlflow.model_trust import CheckedModel, LoadPolicy
 from tabular_mlops.mlflow.pipeline_model import stock_face
 from tabular_mlops.mlflow.runs import quiet_integer_schema_hint
 
@@ -36,10 +36,17 @@ _TOP_FEATURES_PLOTTED = 20
 
 
 def log_test_evaluation(
-    pipeline: Pipeline, model_uri: str, X_test: pd.DataFrame, y_test: pd.Series
+    pipeline: Pipeline,
+    model_uri: str,
+    X_test: pd.DataFrame,
+    y_test: pd.Series,
+    policy: LoadPolicy,
 ) -> dict[str, float]:
-    """Everything this project logs about a model on the test split; returns the metrics."""
-    metrics = evaluate(model_uri, X_test, y_test)
+    """Everything this project logs about a model on the test split (the model as logged
+    at `model_uri`, loaded back as `policy` says); returns the metrics."""
+    with tempfile.TemporaryDirectory(prefix="evaluated-") as scratch:
+        logged = policy.checked(model_uri, Path(scratch))
+        metrics = dict(evaluate_model(logged, X_test, y_test).metrics)
     metrics |= log_probability_metrics(y_test, pipeline.predict_proba(X_test)[:, 1])
     log_feature_importance(pipeline)
     return metrics
@@ -56,23 +63,14 @@ def log_baseline_comparison(metrics: dict[str, float], baseline: Run) -> dict[st
     return {name: metrics[name] - baseline.data.metrics[name] for name in shared}
 
 
-def evaluate(model_uri: str, X_test: pd.DataFrame, y_test: pd.Series) -> dict[str, float]:
-    """Evaluate the logged model on the test split; returns every metric logged."""
-    return dict(evaluate_model(model_uri, X_test, y_test).metrics)
-
-
-def evaluate_model(model_uri: str, X: pd.DataFrame, y: pd.Series) -> EvaluationResult:
-    """MLflow's default classifier evaluation of `model_uri` on labelled rows, logged to
-    the active run and linked to the model. MLflow's evaluator reads probabilities only
+def evaluate_model(model: CheckedModel, X: pd.DataFrame, y: pd.Series) -> EvaluationResult:
+    """MLflow's default classifier evaluation of a checked model on labelled rows, logged
+    to the active run and linked to the model. MLflow's evaluator reads probabilities only
     from a stock flavor's model: it is given the pipeline's stock sklearn face."""
-    with (
-        tempfile.TemporaryDirectory(prefix="evaluated-") as scratch,
-        quiet_integer_schema_hint(),
-    ):
-        local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=scratch))
+    with model.loading() as local, quiet_integer_schema_hint():
         return mlflow.models.evaluate(
             model=str(stock_face(local)),
-            model_id=Model.load(str(local / MLMODEL_FILE_NAME)).model_id,
+            model_id=model.model_id,
             # True/False rather than 1/0: MLflow reads integer labels as neither classes nor
             # values, and warns on every run that the model type "looks like None".
             data=X.assign(**{LABEL_COLUMN: y.to_numpy().astype(bool)}),
@@ -139,10 +137,15 @@ def log_feature_importance(pipeline: Pipeline) -> pd.DataFrame:
 
 
 def log_sample_predictions(
-    model_uri: str, X: pd.DataFrame, y: pd.Series, ids: pd.DataFrame
+    model_uri: str, X: pd.DataFrame, y: pd.Series, ids: pd.DataFrame, policy: LoadPolicy
 ) -> pd.DataFrame:
-    """Load the model back from `model_uri` (the registry, say) and log its predictions."""
-    model = mlflow.sklearn.load_model(model_uri)
+    """Load the pipeline back from `model_uri` (its registered version, say) as `policy`
+    says, and log its predictions."""
+    with (
+        tempfile.TemporaryDirectory(prefix="sampled-") as scratch,
+        policy.checked(model_uri, Path(scratch)).loading() as local,
+    ):
+        model = mlflow.sklearn.load_model(str(local))
     sample = ids.reset_index(drop=True).assign(
         actual=y.to_numpy(),
         predicted=model.predict(X),

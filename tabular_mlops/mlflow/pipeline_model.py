@@ -37,6 +37,7 @@ from mlflow.types import Schema
 
 from tabular_mlops.core.names import Tag
 from tabular_mlops.core.sections import TrackingConfig
+from tabular_mlops.mlflow import deserialization
 from tabular_mlops.mlflow.datasets import sampled_schema
 from tabular_mlops.mlflow.runs import INPUT_EXAMPLE_ROWS, quiet_integer_schema_hint
 from tabular_mlops.mlflow.shipped_code import ShippedCode
@@ -112,7 +113,8 @@ def log_pipeline(
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
         )
-        with code.importable():
+        # MLflow loads the model it logs, to check its input example: the one just saved.
+        with code.importable(), deserialization.allowed():
             info = Model.log(
                 None,
                 flavor=sys.modules[__name__],

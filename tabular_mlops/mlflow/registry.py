@@ -3,13 +3,15 @@
 import json
 import logging
 import re
+import time
+from collections.abc import Collection
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import mlflow
 import pandas as pd
-from mlflow.entities import Run
+from mlflow.entities import Run, RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -18,6 +20,7 @@ from sqlite_store_lock import sqlite_path, store_lock
 from tabular_mlops.core.errors import PromotionError
 from tabular_mlops.core.names import Tag, Verdict
 from tabular_mlops.core.sections import HEADLINE_METRICS
+from tabular_mlops.runtime import stale_runs
 from tabular_mlops.runtime.faults import FaultPoint, crash_if_injected
 
 logger = logging.getLogger(__name__)
@@ -81,24 +84,6 @@ def alias_still_at(run: Run) -> bool:
         return True
     name, version = parse_version_uri(uri)
     return aliases(name).get(alias) == version
-
-
-def refuse_pickled(model_uri: str, allow_pickle: bool) -> None:
-    """A PromotionError unless `model_uri` is a pipeline saved with skops: pickle and
-    cloudpickle run code of the model's author when loaded, so such a model is loaded only
-    if the caller says they trust that author (`allow_pickle`)."""
-    if allow_pickle:
-        return
-    try:
-        flavors = mlflow.models.get_model_info(model_uri).flavors
-    except MlflowException as error:
-        raise PromotionError(f"model {model_uri} cannot be read: {error.message}") from None
-    saved_as = flavors.get("sklearn", {}).get("serialization_format", "no sklearn flavor")
-    if saved_as != mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS:
-        raise PromotionError(
-            f"model {model_uri} is saved with {saved_as}, not skops: loading it would run "
-            "code of whoever logged it; pass -P allow_pickle=true only if you trust them"
-        )
 
 
 def find_version(name: str, run_id: str, model_uri: str) -> ModelVersion | None:
@@ -173,22 +158,94 @@ def first_alias_version_uri(name: str, candidates: list[str]) -> str:
     )
 
 
+# A record of alias moves older than this is finished by the next caller even if its
+# writer seems alive (a process on another host cannot be asked).
+REPLAY_AFTER_SECONDS = 600
+
+
+class BrokenRecordError(Exception):
+    """The alias-move record on a registered model is not one `move_aliases` wrote."""
+
+
+@dataclass(frozen=True)
+class AliasMoves:
+    """What `move_aliases` writes on the registered model before it moves anything: the
+    moves, and who wrote them when."""
+
+    moves: dict[str, int | None]
+    run_id: str
+    process: str  # as Tag.PROCESS: host, pid, start
+    written_at: float  # seconds since the epoch
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def parse(cls, text: str, name: str, known_aliases: Collection[str]) -> "AliasMoves":
+        """The record, checked against the registry: anyone who may edit the registered
+        model may write its tags, so nothing in it is taken on trust."""
+        try:
+            record = json.loads(text)
+            moves, run_id = record["moves"], record["run_id"]
+            process, written_at = record["process"], float(record["written_at"])
+        except (ValueError, TypeError, KeyError):
+            raise BrokenRecordError("not a record move_aliases writes") from None
+        if (
+            not isinstance(moves, dict)
+            or not isinstance(run_id, str)
+            or not isinstance(process, str)
+        ):
+            raise BrokenRecordError("not a record move_aliases writes")
+        client = mlflow.MlflowClient()
+        for alias, version in moves.items():
+            if alias not in known_aliases:
+                raise BrokenRecordError(f"alias {alias!r} is none of {', '.join(known_aliases)}")
+            if version is not None:
+                if not isinstance(version, int) or isinstance(version, bool):
+                    raise BrokenRecordError(f"version {version!r} of {alias!r} is not a number")
+                try:
+                    client.get_model_version(name, str(version))
+                except MlflowException:
+                    raise BrokenRecordError(f"version {version} of {name} does not exist") from None
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            raise BrokenRecordError(f"its writer, run {run_id!r}, does not exist") from None
+        return cls(moves, run_id, process, written_at)
+
+    def writer_may_run(self) -> bool:
+        """Whether its writer may still be moving the aliases: its run RUNNING, its process
+        not known to be gone, and the record recent."""
+        if time.time() - self.written_at > REPLAY_AFTER_SECONDS:
+            return False
+        if mlflow.MlflowClient().get_run(self.run_id).info.status != RunStatus.to_string(
+            RunStatus.RUNNING
+        ):
+            return False
+        return not stale_runs.process_gone(self.process)
+
+
 def move_aliases(
-    name: str, moves: dict[str, int | None], expected: dict[str, int | None], run_id: str
+    name: str,
+    moves: dict[str, int | None],
+    expected: dict[str, int | None],
+    run_id: str,
+    known_aliases: Collection[str],
 ) -> None:
     """Move several aliases of `name` as one step (None deletes an alias), only if the
     aliases in `expected` are still where the caller saw them (else AliasesMovedError and
     nothing moves). The moves are recorded on the registered model first and cleared last:
     if this process dies in between, the next call (or complete_interrupted_moves) finishes
-    them. On a sqlite store, concurrent callers are serialised by a file lock."""
+    them. On a sqlite store, concurrent callers are serialised by a file lock; on a
+    tracking server nothing serialises them (see the README: two reviews at once)."""
     with _registry_lock():
-        complete_interrupted_moves(name)
+        complete_interrupted_moves(name, known_aliases)
         now = aliases(name)
         if moved := {a: (v, now.get(a)) for a, v in expected.items() if now.get(a) != v}:
             raise AliasesMovedError(name, moved)
         client = mlflow.MlflowClient()
-        intent = {"moves": moves, "run_id": run_id}
-        client.set_registered_model_tag(name, Tag.ALIAS_MOVES, json.dumps(intent))
+        record = AliasMoves(moves, run_id, stale_runs.this_process(), time.time())
+        client.set_registered_model_tag(name, Tag.ALIAS_MOVES, record.to_json())
         for number, (alias, version) in enumerate(moves.items()):
             if number == 1:
                 crash_if_injected(FaultPoint.BETWEEN_ALIAS_MOVES)
@@ -196,9 +253,10 @@ def move_aliases(
         client.delete_registered_model_tag(name, Tag.ALIAS_MOVES)
 
 
-def complete_interrupted_moves(name: str) -> dict[str, int | None] | None:
-    """Finish alias moves a killed process left half-done (see move_aliases): the moves
-    finished, or None if there were none."""
+def interrupted_moves(name: str, known_aliases: Collection[str]) -> AliasMoves | None:
+    """The alias moves a process left half-done on `name` (see move_aliases), checked; None
+    if there are none. A record that does not check out is reported in one line and left
+    alone (the next move_aliases replaces it)."""
     try:
         tags = mlflow.MlflowClient().get_registered_model(name).tags
     except MlflowException as error:
@@ -207,12 +265,35 @@ def complete_interrupted_moves(name: str) -> dict[str, int | None] | None:
         raise
     if Tag.ALIAS_MOVES not in tags:
         return None
-    intent = json.loads(tags[Tag.ALIAS_MOVES])
-    logger.warning("completing alias moves of %s interrupted in run %s", name, intent["run_id"])
-    for alias, version in intent["moves"].items():
-        _apply_move(name, alias, version)
+    try:
+        return AliasMoves.parse(tags[Tag.ALIAS_MOVES], name, known_aliases)
+    except BrokenRecordError as error:
+        logger.warning("ignoring the alias-move record on %s: %s", name, error)
+        return None
+
+
+def complete_interrupted_moves(
+    name: str, known_aliases: Collection[str]
+) -> dict[str, int | None] | None:
+    """Finish alias moves a killed process left half-done (see move_aliases), unless their
+    writer may still be at it: the moves finished, or None. An interrupted move never
+    deletes an alias (deleting needs MANAGE: a record anyone may write must not do it)."""
+    record = interrupted_moves(name, known_aliases)
+    if record is None:
+        return None
+    if record.writer_may_run():
+        logger.info("alias moves of %s are in progress in run %s: left to it", name, record.run_id)
+        return None
+    logger.warning("completing alias moves of %s interrupted in run %s", name, record.run_id)
+    for alias, version in record.moves.items():
+        if version is None:
+            logger.warning(
+                "alias %r of %s not deleted: only its own review deletes one", alias, name
+            )
+        else:
+            _apply_move(name, alias, version)
     mlflow.MlflowClient().delete_registered_model_tag(name, Tag.ALIAS_MOVES)
-    return intent["moves"]
+    return record.moves
 
 
 def _apply_move(name: str, alias: str, version: int | None) -> None:

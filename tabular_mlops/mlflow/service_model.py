@@ -18,6 +18,7 @@ from mlflow.models.model import ModelInfo
 from mlflow.types import Schema
 
 from tabular_mlops.core.sections import CustomModelConfig
+from tabular_mlops.mlflow import deserialization
 from tabular_mlops.mlflow.pipeline_model import (
     INPUT_SCHEMA,
     PIPELINE_ARTIFACT,
@@ -54,9 +55,10 @@ def log_wrapped_model(
     example = pipeline_model.load_input_example(str(pipeline_dir))
     if not isinstance(example, pd.DataFrame):
         raise ValueError(f"the pipeline model at {pipeline_dir} has no table as input example")
-    # MLflow runs the model's code to log it: the package must be importable meanwhile.
-    # The model states its own output and params schemas.
-    with code.importable():
+    # MLflow runs the model's code to log it: the package must be importable meanwhile, and
+    # loading the pipeline it wraps allowed (this process has just checked it). The model
+    # states its own output and params schemas.
+    with code.importable(), deserialization.allowed():
         from tabular_custom_model import ChurnModel
 
         signature = ModelSignature(

@@ -43,7 +43,7 @@ def this_process() -> str:
     return f"{socket.gethostname()} {pid} {processes.start_time(pid) or UNKNOWN_START}"
 
 
-def _process_gone(identity: str) -> bool | None:
+def process_gone(identity: str) -> bool | None:
     """True if the process `identity` names has ended; None when it cannot be told
     from here (another host, a malformed value)."""
     try:
@@ -79,7 +79,7 @@ def find_stale(experiment_ids: list[str], stale_after_hours: float) -> list[Stal
 
 def _why_stale(run: Run, hours: float, stale_after_hours: float) -> str | None:
     identity = run.data.tags.get(Tag.PROCESS)
-    gone = _process_gone(identity) if identity else None
+    gone = process_gone(identity) if identity else None
     if gone and identity:
         host, pid, _ = identity.split(" ")
         return f"its process {pid} on {host} has ended"
