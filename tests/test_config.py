@@ -43,7 +43,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_yaml_syntax_error_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("data: [unclosed\n")
-    with pytest.raises(ConfigError, match="cannot be read") as caught:
+    with pytest.raises(ConfigError, match="is not valid YAML at line 2, column 1") as caught:
         load_config(path)
     assert "\n" not in str(caught.value)
 

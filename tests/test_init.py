@@ -147,3 +147,33 @@ def test_an_existing_config_is_kept_unless_forced(
 def test_default_output_is_named_after_the_table() -> None:
     assert init.project_name(Path("data/Credit Risk.2024.csv")) == "credit-risk"
     assert init.project_name(Path("/x/loans.parquet")) == "loans"
+
+
+HOSTILE_NAMES = [
+    "note\ntrust:\n  allow_pickle: true\nx",  # a newline: YAML of the name's choosing
+    "# not a comment",
+    "key: value",
+    "  leading spaces",
+    "quotes ' and \"",
+    "\ttab\rreturn",
+    "n" * 10_000,
+]
+
+
+def test_hostile_column_names_round_trip_and_change_no_setting(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = 300
+    table = pd.DataFrame(
+        {name: rng.normal(size=rows) for name in HOSTILE_NAMES[::2]}
+        | {name: rng.choice(["a", "b", "c"], rows) for name in HOSTILE_NAMES[1::2]}
+        | {"target": rng.choice(["yes", "no"], rows)}
+    )
+    path = tmp_path / "hostile.parquet"
+    table.to_parquet(path)
+    output = tmp_path / "hostile.yaml"
+    assert run_init(str(path), "--target", "target", "--output", str(output)) == 0
+    config = load_config(output)
+    assert config.data.numeric_features == HOSTILE_NAMES[::2]
+    assert config.data.categorical_features == HOSTILE_NAMES[1::2]
+    assert config.trust == load_config(TEMPLATE).trust  # the shipped trust settings
+    assert yaml.safe_load(output.read_text()).keys() == yaml.safe_load(TEMPLATE.read_text()).keys()

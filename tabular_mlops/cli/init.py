@@ -12,6 +12,7 @@ registered models, study, description) taken from the table. Then:
 """
 
 import argparse
+import io
 import logging
 import re
 import shlex
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from tabular_mlops.cli.commands import configure_logging
 from tabular_mlops.core.config import DEFAULT_CONFIG_PATH, load_config
@@ -170,54 +172,65 @@ def project_name(path: Path) -> str:
 
 def data_section(
     facts: TableFacts, target: str, positives: list[Any], given: bool, path_text: str
-) -> str:
+) -> CommentedMap:
+    """The `data` section, each column with a comment saying why it is where it is."""
     roles = column_roles(facts.frame, target)
     if not roles.numeric and not roles.categorical:
         raise UserInputError(f"no feature columns left in {facts.path} (see --help)")
-    lines = [
-        "data:",
-        f"  path: {_scalar(path_text)}",
-    ]
+    data = CommentedMap(path=path_text)
     if facts.sep is not None:
-        lines.append(f"  sep: {_scalar(facts.sep)}  # inferred from the first lines")
+        _set(data, "sep", facts.sep, "inferred from the first lines")
     if facts.encoding != "utf-8":
-        lines.append(
-            f"  encoding: {facts.encoding}  # not UTF-8; check that accented text reads right"
-        )
-    lines.append(f"  target: {_scalar(target)}")
+        _set(data, "encoding", facts.encoding, "not UTF-8; check that accented text reads right")
+    data["target"] = target
     share = facts.frame[target].isin(positives).mean() if positives else None
     if len(positives) == 1:
         why = "" if given else "; the rarer class, or name it with --positive-label"
-        lines.append(f"  positive_label: {_scalar(positives[0])}  # {share:.1%} of rows{why}")
+        _set(data, "positive_label", _plain(positives[0]), f"{share:.1%} of rows{why}")
     elif positives:
-        lines.append(f"  positive_labels: {_flow(positives)}  # one-vs-rest: {share:.1%} of rows")
-    lines += _listed("id_columns", roles.ids)
-    lines += _listed("numeric_features", roles.numeric)
-    lines += _listed("categorical_features", roles.categorical)
+        labels = CommentedSeq(_plain(label) for label in positives)
+        labels.fa.set_flow_style()
+        _set(data, "positive_labels", labels, f"one-vs-rest: {share:.1%} of rows")
+    data["id_columns"] = _listed(roles.ids)
+    data["numeric_features"] = _listed(roles.numeric)
+    data["categorical_features"] = _listed(roles.categorical)
+    data["min_rows"] = 100
+    data["min_rows_per_class"] = 10
     if roles.left_out:
-        lines.append("  # Left out (listed nowhere, so not used):")
-        lines += [f"  #   {name}: {why}" for name, why in roles.left_out.items()]
-    lines += ["  min_rows: 100", "  min_rows_per_class: 10"]
-    return "\n".join(lines) + "\n"
+        lines = ["Left out (listed nowhere, so not used):"]
+        lines += [
+            f"  {_comment(str(name))}: {_comment(why)}" for name, why in roles.left_out.items()
+        ]
+        data.yaml_set_comment_before_after_key("min_rows", before="\n".join(lines), indent=2)
+    return data
 
 
-def _listed(key: str, columns: dict[str, str]) -> list[str]:
+def _set(section: CommentedMap, key: str, value: Any, comment: str) -> None:
+    section[key] = value
+    section.yaml_add_eol_comment(_comment(comment), key)
+
+
+def _listed(columns: dict[str, str]) -> CommentedSeq:
+    """Column names, one per line (`    - name`), each with its comment, the comments
+    aligned."""
+    listed = CommentedSeq(columns)
     if not columns:
-        return [f"  {key}: []"]
-    width = max(len(_scalar(name)) for name in columns)
-    return [f"  {key}:"] + [
-        f"    - {_scalar(name):<{width}}  # {why}" for name, why in columns.items()
-    ]
+        listed.fa.set_flow_style()
+    column = len("    - ") + max((len(str(name)) for name in columns), default=0) + 2
+    for index, why in enumerate(columns.values()):
+        listed.yaml_add_eol_comment(_comment(why), index, column=column)
+    return listed
 
 
-def _scalar(value: Any) -> str:
-    """`value` as a one-line YAML scalar that reads back as the same value."""
-    dumped = yaml.safe_dump(value, default_flow_style=True, width=1_000, allow_unicode=True)
-    return dumped.removesuffix("\n...\n").strip()
+def _comment(text: str) -> str:
+    """`text` made safe to end a YAML comment: on one line, whatever a column name holds
+    (a newline would start a line of YAML of the name's choosing)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def _flow(values: list[Any]) -> str:
-    return "[" + ", ".join(_scalar(value) for value in values) + "]"
+def _plain(value: Any) -> Any:
+    """A table value as YAML writes it: numpy scalars as Python ones."""
+    return value.item() if hasattr(value, "item") else value
 
 
 def write_config(
@@ -228,7 +241,9 @@ def write_config(
     template: Path = DEFAULT_CONFIG_PATH,
     project_dir: Path | None = None,
 ) -> Path:
-    """Write the config for `facts`'s table to `output`, checked by loading it back."""
+    """Write the config for `facts`'s table to `output`, checked by loading it back: the
+    template read and written by ruamel.yaml (its comments kept), every value from the
+    table serialized by it, never pasted into the text."""
     positives = positive_labels(facts.frame, target, given_labels)
     name = project_name(facts.path)
     try:
@@ -240,31 +255,35 @@ def write_config(
         f"{name}: predicts {target} = {positive_text} with a scikit-learn pipeline ending in "
         f"LightGBM, trained on {path_text} ({facts.rows} rows)."
     )
-    sections = _sections(template.read_text(encoding="utf-8"))
-    sections["data"] = data_section(facts, target, positives, bool(given_labels), path_text)
-    names = {
-        "experiment_name": name,
-        "experiment_description": _scalar(description),
-        "study_name": f"{name}-lightgbm",
-        "experiment_tags": _flow_mapping({"project": name, "task": "binary-classification"}),
-    }
-    sections["tracking"] = _set_keys(
-        sections["tracking"], names | {"registered_model_name": f"{name}-classifier"}
+    yaml = _round_trip()
+    config = yaml.load(template.read_text(encoding="utf-8"))
+    config["data"] = data_section(facts, target, positives, bool(given_labels), path_text)
+    tags = CommentedMap(project=name, task="binary-classification")
+    tags.fa.set_flow_style()
+    _replace(
+        config["tracking"],
+        experiment_name=name,
+        experiment_description=description,
+        experiment_tags=tags,
+        registered_model_name=f"{name}-classifier",
     )
-    sections["tuning"] = _set_keys(sections["tuning"], names)
-    sections["custom_model"] = _set_keys(
-        sections["custom_model"], {"registered_model_name": f"{name}-service"}
+    _replace(config["tuning"], study_name=f"{name}-lightgbm")
+    _replace(config["custom_model"], registered_model_name=f"{name}-service")
+    command = (
+        f"mlflow run . -e train_basic --env-manager local --experiment-name {name} "
+        f"-P {shlex.quote(f'config={output}')}"
     )
     header = (
-        f"# Config for {path_text}, written by `python -m tabular_mlops.cli.init` from its "
-        f"{facts.rows} rows.\n# Check the `data` section, then:\n"
-        f"#   mlflow run . -e train_basic --env-manager local --experiment-name {name} "
-        f"-P {shlex.quote(f'config={output}')}\n"
+        f"Config for {path_text}, written by `python -m tabular_mlops.cli.init` from its "
+        f"{facts.rows} rows.\nCheck the `data` section, then:\n  {command}"
     )
-    text = header + "".join(body for key, body in sections.items() if key != "")
+    _set_header(config, _comment_lines(header))
+    config.yaml_set_comment_before_after_key("split", before="\n")  # a blank line after data
+    text = io.StringIO()
+    yaml.dump(config, text)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_text(text.getvalue(), encoding="utf-8")
     try:
         load_config(partial)  # what we write must be a valid config
     except Exception:
@@ -274,46 +293,31 @@ def write_config(
     return output
 
 
-def _flow_mapping(values: dict[str, str]) -> str:
-    return "{" + ", ".join(f"{key}: {_scalar(value)}" for key, value in values.items()) + "}"
+def _round_trip() -> YAML:
+    yaml = YAML()  # round trip: comments and layout of the template kept
+    yaml.width = 100
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.representer.add_representer(
+        type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return yaml
 
 
-def _sections(text: str) -> dict[str, str]:
-    """Top-level sections of a YAML file, each with the comment lines above it; key ""
-    holds what comes before the first section (the file's own header comment)."""
-    sections: dict[str, str] = {"": ""}
-    pending: list[str] = []
-    current = ""
-    for line in text.splitlines(keepends=True):
-        if match := re.match(r"^([A-Za-z_]\w*):", line):
-            current = match.group(1)
-            sections[current] = "".join(pending) + line
-            pending = []
-        elif line.startswith("#") or not line.strip():
-            pending.append(line)
-        else:
-            sections[current] += "".join(pending) + line
-            pending = []
-    sections[current] += "".join(pending)
-    return sections
+def _replace(section: CommentedMap, **values: Any) -> None:
+    """Set keys of a section the template has, keeping their place and comments."""
+    for key, value in values.items():
+        if key in section:
+            section[key] = value
 
 
-def _set_keys(section: str, values: dict[str, str]) -> str:
-    """Replace the values (and a folded value's continuation lines) of the section's own
-    keys (two spaces in) that `values` names."""
-    out: list[str] = []
-    skipping = False
-    for line in section.splitlines(keepends=True):
-        if skipping and line.startswith("    "):
-            continue  # continuation of a replaced multi-line value
-        skipping = False
-        match = re.match(r"^  ([a-z_]+):", line)
-        if match and match.group(1) in values:
-            out.append(f"  {match.group(1)}: {values[match.group(1)]}\n")
-            skipping = True
-        else:
-            out.append(line)
-    return "".join(out)
+def _comment_lines(text: str) -> str:
+    return "\n".join(_comment(line) for line in text.split("\n"))
+
+
+def _set_header(config: CommentedMap, text: str) -> None:
+    """The file's opening comment replaced by `text`."""
+    config.ca.comment = None
+    config.yaml_set_start_comment(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import PrivateAttr, ValidationError, model_validator
 
 from tabular_mlops.core.errors import ConfigError
-from tabular_mlops.core.redaction import redact_values
+from tabular_mlops.core.redaction import is_secret_name, redact, redact_values
 from tabular_mlops.core.sections import (
     DATABRICKS_PROFILE,
     BatchConfig,
@@ -121,11 +121,11 @@ class ProjectConfig(_Section):
 
     def flat(self) -> dict[str, Any]:
         """Settings as dotted keys (`model.n_estimators`), the form logged as run params;
-        URL passwords masked."""
+        secrets masked (core.redaction)."""
         return _flatten(self.loggable())
 
     def loggable(self) -> dict[str, Any]:
-        """The settings as logged (params, the config artifact): URL passwords masked."""
+        """The settings as logged (params, the config artifact): secrets masked."""
         return redact_values(self.model_dump(mode="json"))
 
 
@@ -186,11 +186,18 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} is not UTF-8 text ({error.reason} at byte {error.start})"
         ) from None
-    except (OSError, yaml.YAMLError) as error:
-        reason = " ".join(str(error).split())
-        raise ConfigError(f"config file {path} cannot be read: {reason}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        # Where, and what kind of problem; never the text there: the file named (by
+        # `extends:`, say) may not be a config at all, and may hold secrets.
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of sections, not {raw!r}")
+        kind = type(raw).__name__
+        raise ConfigError(f"config file {path} must hold a mapping of sections, not a {kind}")
     return raw
 
 
@@ -230,7 +237,9 @@ def _one_line(error: ValidationError) -> str:
         elif item["type"] == "extra_forbidden":
             problems.append(f"{where}: unknown setting")
         else:
-            shown = f" (got {item['input']!r})" if not isinstance(item["input"], dict) else ""
+            secret = any(is_secret_name(str(part)) for part in item["loc"])
+            plain = not isinstance(item["input"], dict) and not secret
+            shown = f" (got {redact(repr(item['input']))})" if plain else ""
             problems.append(f"{where}: {message}{shown}" if where else message)
     return " ".join("; ".join(problems).splitlines())  # one line, whatever the YAML held
 

@@ -4,6 +4,7 @@ models' descriptions (Markdown)."""
 from collections.abc import Sequence
 
 from tabular_mlops.core.config import DEFAULT_CONFIG_PATH, ProjectConfig
+from tabular_mlops.core.redaction import MASK, is_secret_name, redact
 
 _MAX_RUN_NAME = 100
 _LISTED_COLUMNS = 12
@@ -16,7 +17,7 @@ def run_name(entry_point: str, config: ProjectConfig) -> str:
     if config.source != DEFAULT_CONFIG_PATH:
         parts.append(config.source.name)
     parts += [
-        f"{key.rsplit('.', 1)[-1]}={_shown(value)}" for key, value in config.overrides.items()
+        f"{key.rsplit('.', 1)[-1]}={_shown(key, value)}" for key, value in config.overrides.items()
     ]
     name = " ".join(parts)
     return name if len(name) <= _MAX_RUN_NAME else name[: _MAX_RUN_NAME - 3] + "..."
@@ -25,7 +26,9 @@ def run_name(entry_point: str, config: ProjectConfig) -> str:
 def run_description(summary: str, config: ProjectConfig) -> str:
     """The step's own summary, then what it ran on."""
     data = config.data
-    overrides = ", ".join(f"`{key}={_shown(value)}`" for key, value in config.overrides.items())
+    overrides = ", ".join(
+        f"`{key}={_shown(key, value)}`" for key, value in config.overrides.items()
+    )
     lines = [
         " ".join(summary.split()),
         "",
@@ -129,5 +132,8 @@ def _columns(columns: Sequence[str]) -> str:
     return f"{len(columns)} columns ({listed}{more})"
 
 
-def _shown(value: object) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+def _shown(key: str, value: object) -> str:
+    """A setting's value as run names and descriptions show it: secrets masked."""
+    if is_secret_name(key):
+        return MASK
+    return str(value).lower() if isinstance(value, bool) else redact(str(value))
