@@ -26,7 +26,6 @@ from mlflow.exceptions import MlflowException
 
 from steps import batch_score as batch_score_step
 from tests.conftest import (
-    CHURN_CONFIG,
     CHURN_CSV,
     PROJECT_DIR,
     copy_of_trained_store,
@@ -34,6 +33,7 @@ from tests.conftest import (
     point_mlflow_at,
     post,
     served,
+    shipped_config_file,
     users_environment,
 )
 
@@ -280,17 +280,18 @@ def test_batch_score_answers_as_the_model_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     point_mlflow_at(store.directory, monkeypatch)
+    config = str(shipped_config_file(store.directory))
     try:
         for form, path in store.tables.items():
             output = store.directory / f"scores-{form}"
-            argv = ["--config", str(CHURN_CONFIG), "--input", str(path), "--output", str(output)]
+            argv = ["--config", config, "--input", str(path), "--output", str(output)]
             assert batch_score_step.main(argv) == 0
             written = pd.read_parquet(output)
             assert_same(
                 written[["probability", "decision", "risk_band"]], expected[SERVICE, form], form
             )
         # The pipeline is not a model batch_score scores with: one line, nothing written.
-        argv = ["--config", str(CHURN_CONFIG), "--input", str(store.tables["plain"])]
+        argv = ["--config", config, "--input", str(store.tables["plain"])]
         argv += ["--output", str(store.directory / "never"), "--model-uri", PIPELINE]
         assert batch_score_step.main(argv) == 1
         assert not (store.directory / "never").exists()

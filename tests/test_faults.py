@@ -22,8 +22,6 @@ from tabular_mlops.jobs.train import train_basic
 from tabular_mlops.mlflow import registry
 from tabular_mlops.runtime.faults import FAULT_ENV, FaultPoint
 from tests.conftest import (
-    CHURN_CONFIG,
-    CHURN_CSV,
     E2E_EXPERIMENT,
     FAST_CONFIG,
     PROJECT_DIR,
@@ -31,6 +29,7 @@ from tests.conftest import (
     mlflow_run,
     point_mlflow_at,
     shipped_config,
+    shipped_config_file,
     users_environment,
 )
 from tests.test_alias_moves import moves_in_some_order
@@ -163,7 +162,11 @@ def test_a_review_killed_between_the_alias_moves_is_completed_by_the_next(
     assert promotion_aliases(PIPELINES) == {CHAMPION: weak, PREVIOUS: weak}
     assert Tag.ALIAS_MOVES in mlflow.MlflowClient().get_registered_model(PIPELINES).tags
 
-    register(shipped_config(), "list")  # any later `register` completes the moves first
+    register(shipped_config(), "list")  # a listing only reports them
+    assert promotion_aliases(PIPELINES) == {CHAMPION: weak, PREVIOUS: weak}
+    # Any later review (or rollback) completes the moves first: its writer is gone.
+    decision = register(shipped_config(), "promote", pool.strong).decision
+    assert decision is not None and decision.verdict == Verdict.ALREADY_CHAMPION
     aliases = assert_invariants(PIPELINES)
     assert (aliases[CHAMPION], aliases[PREVIOUS]) == (strong, weak)
     assert "RUNNING" not in runs_by_status()
@@ -195,9 +198,9 @@ from pathlib import Path
 import mlflow
 from tabular_mlops.jobs.register import register
 from tabular_mlops.core.config import ProjectConfig, load_config
-uri, folder, me, rounds, config_path, data_path = sys.argv[1:7]
+uri, folder, me, rounds, config_path = sys.argv[1:6]
 mlflow.set_tracking_uri(uri)
-config = load_config(Path(config_path), {"data.path": data_path})
+config = load_config(Path(config_path))
 for round in range(int(rounds)):
     start = Path(folder) / f"go-{round}"
     while not start.exists():
@@ -223,7 +226,7 @@ def test_two_full_reviews_at_once_never_break_the_invariants(
     store, client = pool_copy, mlflow.MlflowClient()
     # Versions of the three runs; each round starts from the weak one as champion.
     weak = version_of(pool.weak)  # train_basic registered each run's model
-    inputs = (str(CHURN_CONFIG), str(CHURN_CSV))
+    inputs = (str(shipped_config_file(tmp_path)),)
     client.set_model_version_tag(PIPELINES, str(weak), Tag.REVIEW, Verdict.PASSED)
     reviewers = [
         subprocess.Popen(
