@@ -12,9 +12,11 @@ from team_stack.settings import (
     DATABASES,
     LOOPBACK,
     OPTUNA_DATABASE,
+    SUPERUSER,
     Secrets,
     StackError,
     StackSettings,
+    as_user,
     reachable_by,
 )
 
@@ -35,10 +37,10 @@ def init_cluster(bin_dir: Path, data: Path, user: str | None, password: str) -> 
     if user:  # PostgreSQL refuses to run as root: its files belong to `postgres`
         shutil.chown(data, user)
         shutil.chown(password_file, user)
-    command = [str(bin_dir / "initdb"), "-D", str(data), "-U", DATABASE_USER]
+    command = [str(bin_dir / "initdb"), "-D", str(data), "-U", SUPERUSER]
     command += [f"--pwfile={password_file}", "--auth=scram-sha-256", "--no-locale", "-E", "UTF8"]
     try:
-        done = subprocess.run(command, user=user, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, **as_user(user))
     finally:
         password_file.unlink()
     if done.returncode != 0:
@@ -47,13 +49,13 @@ def init_cluster(bin_dir: Path, data: Path, user: str | None, password: str) -> 
 
 
 def connect(settings: StackSettings, secrets: Secrets, database: str = "postgres") -> Any:
-    """A psycopg connection (autocommit) as the stack's database user."""
+    """A psycopg connection (autocommit) as the cluster's superuser."""
     import psycopg
 
     return psycopg.connect(
         host=LOOPBACK,
         port=settings.postgres_port,
-        user=DATABASE_USER,
+        user=SUPERUSER,
         password=secrets["postgres"],
         dbname=database,
         autocommit=True,
@@ -62,18 +64,21 @@ def connect(settings: StackSettings, secrets: Secrets, database: str = "postgres
 
 
 def create_databases(settings: StackSettings, secrets: Secrets) -> None:
-    """The tracking and auth databases, and the Optuna database with a role of its own."""
+    """The tracking and auth databases, owned by the tracking server's role, and the Optuna
+    database with a role of its own; neither role may create roles or databases."""
     from psycopg import sql
 
+    owners = {DATABASE_USER: "mlflow_database", OPTUNA_DATABASE: OPTUNA_DATABASE}
     with connect(settings, secrets) as connection:
         existing = {row[0] for row in connection.execute("SELECT datname FROM pg_database")}
         roles = {row[0] for row in connection.execute("SELECT rolname FROM pg_roles")}
-        if OPTUNA_DATABASE not in roles:
-            connection.execute(
-                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(OPTUNA_DATABASE), sql.Literal(secrets[OPTUNA_DATABASE])
+        for role, secret in owners.items():
+            if role not in roles:
+                connection.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+                    ).format(sql.Identifier(role), sql.Literal(secrets[secret]))
                 )
-            )
         for database in (*DATABASES, OPTUNA_DATABASE):
             if database not in existing:
                 owner = OPTUNA_DATABASE if database == OPTUNA_DATABASE else DATABASE_USER

@@ -10,16 +10,29 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tabular_mlops.core.errors import UserInputError
 
 LOOPBACK = "127.0.0.1"
 ADMIN = "admin"
 ADMIN_PASSWORD_VARIABLE = "MLFLOW_AUTH_ADMIN_PASSWORD"
-DATABASE_USER = "mlflow"
+SUPERUSER = "postgres"  # the cluster's owner: used by `up` alone, to create the rest
+DATABASE_USER = "mlflow"  # the tracking server's: owns its databases, not a superuser
 DATABASES = ("mlflow", "mlflow_auth")  # tracking store, auth store
 OPTUNA_DATABASE = "optuna"  # shared Optuna studies; its own role, for trainers
 SEAWEEDFS_PORTS = 7  # master, volume, filer and their gRPC ports, the S3 gRPC port
+# SeaweedFS's signing keys (its security.toml, by environment) -> the stack's secret names.
+SEAWEEDFS_KEYS = {
+    "WEED_JWT_SIGNING_KEY": "seaweedfs_volume_write",
+    "WEED_JWT_SIGNING_READ_KEY": "seaweedfs_volume_read",
+    "WEED_JWT_FILER_SIGNING_KEY": "seaweedfs_filer_write",
+    "WEED_JWT_FILER_SIGNING_READ_KEY": "seaweedfs_filer_read",
+}
+# Under <root>/secrets/: the certificates SeaweedFS's internal ports demand (certificates.py).
+SEAWEEDFS_TLS = "seaweedfs-tls"
+# All a service takes from the environment of whoever starts the stack (and LC_*).
+PASSED_THROUGH = frozenset({"PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "USER", "LOGNAME"})
 AUTH_CACHE_SECONDS = 60
 # Without it, MLflow clients download artifacts from the store by presigned URLs, which
 # only work where the store is reachable (not from outside deploy/docker-compose.yml).
@@ -84,7 +97,9 @@ class StackSettings:
 
 
 class Secrets:
-    """Generated passwords, one file each under <root>/secrets/, readable by the owner only."""
+    """Generated secrets, one file each under <root>/secrets/ (a folder and files only the
+    owner can read). A file is written whole or not at all (a temporary file renamed); an
+    empty one is refused rather than used."""
 
     def __init__(self, root: Path) -> None:
         self.folder = root / "secrets"
@@ -92,11 +107,32 @@ class Secrets:
     def __getitem__(self, name: str) -> str:
         path = self.folder / name
         if not path.exists():
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            private_folder(self.folder)
+            partial = path.with_name(f".{name}.{os.getpid()}.partial")
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as file:
                 file.write(secrets.token_urlsafe(24))
-        return path.read_text().strip()
+                file.flush()
+                os.fsync(file.fileno())
+            try:
+                os.link(partial, path)  # never replaces a secret another process wrote
+            except FileExistsError:
+                pass
+            finally:
+                partial.unlink()
+        value = path.read_text().strip()
+        if not value:
+            raise StackError(f"secret file {path} is empty: delete it to get a new secret")
+        return value
+
+
+def private_folder(folder: Path, group: str | None = None) -> None:
+    """`folder` (and its parents) made if missing, then only its owner's: mode 0700, or
+    0710 with `group` (who may then pass through it, and see nothing in it)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if group:
+        shutil.chown(folder, group=group)
+    os.chmod(folder, 0o710 if group else 0o700)
 
 
 @dataclass(frozen=True)
@@ -152,9 +188,15 @@ def postgres_user() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
+def as_user(user: str | None) -> dict[str, Any]:
+    """subprocess options that run a process as `user` and its group only (without them,
+    a process root starts keeps root's groups)."""
+    return {"user": user, "group": user, "extra_groups": []} if user else {}
+
+
 def reachable_by(user: str, folder: Path) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["test", "-x", str(folder)], user=user).returncode == 0
+    return subprocess.run(["test", "-x", str(folder)], **as_user(user)).returncode == 0
 
 
 def write_private(path: Path, text: str) -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tabular_mlops.runtime import processes
-from team_stack import postgres
+from team_stack import certificates, postgres
 from team_stack.settings import (
     ADMIN,
     ADMIN_PASSWORD_VARIABLE,
@@ -41,9 +41,12 @@ from team_stack.settings import (
     LOOPBACK,
     OBJECT_STORE,
     OPTUNA_DATABASE,
+    PASSED_THROUGH,
     POSTGRES,
     PROXIED_DOWNLOADS,
+    SEAWEEDFS_KEYS,
     SEAWEEDFS_PORTS,
+    SEAWEEDFS_TLS,
     SERVICES,
     START_TIMEOUT,
     TRACKING_SERVER,
@@ -52,8 +55,10 @@ from team_stack.settings import (
     ServiceState,
     StackError,
     StackSettings,
+    as_user,
     postgres_bin_dir,
     postgres_user,
+    private_folder,
     write_private,
 )
 
@@ -107,6 +112,8 @@ class LocalStack:
     def up(self) -> float:
         """Start what is not running and wait until all of it answers: the seconds taken."""
         started = time.monotonic()
+        # Only its owner (and, as root, PostgreSQL's user, to reach its data) may enter.
+        private_folder(self.settings.root, group=postgres_user())
         admin_password = self.environ.get(ADMIN_PASSWORD_VARIABLE)
         if not admin_password:
             raise StackError(
@@ -134,7 +141,16 @@ class LocalStack:
         bin_dir = postgres_bin_dir(self.environ)
         data = self.settings.root / "postgres"
         as_postgres = postgres_user()
+        if (data / "PG_VERSION").exists() and not (
+            self.secrets.folder / "mlflow_database"
+        ).exists():
+            raise StackError(
+                f"the PostgreSQL cluster in {data} was made by an older scripts/stack.sh, whose "
+                "tracking server connected as its superuser: run `scripts/stack.sh down`, move "
+                f"{self.settings.root} aside, and `up` again"
+            )
         if not (data / "PG_VERSION").exists():
+            self.secrets["mlflow_database"]  # made first: it marks a cluster of this layout
             postgres.init_cluster(bin_dir, data, as_postgres, self.secrets["postgres"])
         command = [
             str(bin_dir / "postgres"),
@@ -178,7 +194,15 @@ class LocalStack:
         # warn before its volume server stops (10 s); no reports to seaweedfs.com.
         command += ["-master.electionTimeout=1s", "-volume.preStopSeconds=0"]
         command += ["-master.telemetry=false"]
-        self._spawn(OBJECT_STORE, command)
+        # Every internal port (master, volume, filer; HTTP and gRPC) answers only a caller
+        # holding the stack's client certificate, and reads and writes of artifacts need
+        # signed requests (JWT) besides: no other local user can list, read, write or delete
+        # one. Its local sockets (/tmp/seaweedfs-*.sock) only their owner may connect to.
+        # By environment, not in a file: SeaweedFS reads WEED_* over security.toml.
+        keys = {variable: self.secrets[name] for variable, name in SEAWEEDFS_KEYS.items()}
+        tls = certificates.issued(self.secrets.folder / SEAWEEDFS_TLS)
+        environment = self._inherited_environment() | keys | tls.seaweedfs_environment()
+        self._spawn(OBJECT_STORE, command, env=environment)
 
     def _start_tracking_server(self, admin_password: str) -> None:
         settings = self.settings
@@ -212,18 +236,18 @@ class LocalStack:
         self._spawn(TRACKING_SERVER, command, env=env)
 
     def _inherited_environment(self) -> dict[str, str]:
-        """The caller's environment without credentials of theirs (a user's MLflow login,
-        cloud keys, a PostgreSQL password): what every service starts from."""
+        """What every service starts from: the caller's locale, paths and home, nothing
+        else (no login, key or password of the caller's reaches a service)."""
         return {
             key: value
             for key, value in self.environ.items()
-            if not key.startswith(("MLFLOW_TRACKING_", "AWS_", "PG"))
+            if key in PASSED_THROUGH or key.startswith("LC_")
         }
 
     def _server_environment(self) -> dict[str, str]:
         """What the tracking server (and only it) holds: database and object-store access."""
         return self._inherited_environment() | {
-            "PGPASSWORD": self.secrets["postgres"],
+            "PGPASSWORD": self.secrets["mlflow_database"],
             "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_endpoint,
             "AWS_ACCESS_KEY_ID": self.secrets["s3_access_key"],
             "AWS_SECRET_ACCESS_KEY": self.secrets["s3_secret_key"],
@@ -247,7 +271,7 @@ class LocalStack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env or self._inherited_environment(),
-                user=user,
+                **as_user(user),
                 start_new_session=True,  # its own group: `down` stops it with its children
             )
         started = processes.start_time(process.pid) or ""

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import psycopg
 import pytest
+import requests
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import (
@@ -28,7 +30,16 @@ from tabular_mlops.core.config import load_config
 from tabular_mlops.core.names import Tag
 from tabular_mlops.runtime import processes
 from team_stack.access import grant_role
-from team_stack.settings import ADMIN, OPTUNA_DATABASE, SERVICES
+from team_stack.certificates import Certificates
+from team_stack.settings import (
+    ADMIN,
+    DATABASE_USER,
+    OBJECT_STORE,
+    OPTUNA_DATABASE,
+    SEAWEEDFS_TLS,
+    SERVICES,
+    SUPERUSER,
+)
 from test_support.stack import bucket_keys, scan_stack
 from tests.conftest import (
     CHURN_CONFIG,
@@ -194,6 +205,57 @@ def test_no_secret_in_params_tags_artifacts_or_output(
     assert team_stack.local.settings.optuna_storage.replace("optuna@", "optuna:***@") in storages
 
 
+def test_no_stack_port_answers_a_caller_without_its_credentials(
+    trainer_chain: subprocess.CompletedProcess[str], team_stack: TeamStack
+) -> None:
+    """Every local user reaches 127.0.0.1: each port of the stack refuses one who holds none
+    of its credentials, and the bucket they tried to drop is intact."""
+    local = team_stack.local
+    settings = local.settings
+    keys_before = bucket_keys(local)
+    assert keys_before
+    # PostgreSQL: a password for every role (none taken from the environment or ~/.pgpass).
+    for role in (SUPERUSER, DATABASE_USER, OPTUNA_DATABASE):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(
+                host="127.0.0.1",
+                port=settings.postgres_port,
+                user=role,
+                dbname="postgres",
+                password="",
+                passfile=os.devnull,
+                connect_timeout=10,
+            )
+    # S3: signed requests only.
+    bucket_url = f"{settings.s3_endpoint}/{settings.bucket}"
+    assert requests.get(f"{bucket_url}?list-type=2", timeout=10).status_code == 403
+    assert requests.delete(f"{bucket_url}/{min(keys_before)}", timeout=10).status_code == 403
+    # SeaweedFS's master, volume, filer and gRPC ports: a client certificate, whatever else.
+    master = local.ports(OBJECT_STORE)[1]
+    drop_bucket = f"/col/delete?collection={settings.bucket}"
+    for port in local.ports(OBJECT_STORE)[1:]:
+        plain = _post(f"http://127.0.0.1:{port}{drop_bucket}")
+        assert plain in ("refused", 400), (port, plain)  # 400: "HTTP request to an HTTPS server"
+        assert _post(f"https://127.0.0.1:{port}{drop_bucket}") == "refused", port
+    # Its local sockets: only their owner may connect.
+    sockets = [
+        p
+        for p in Path("/tmp").glob("seaweedfs-*.sock")
+        if int(p.stem.rsplit("-", 1)[1]) in local.ports(OBJECT_STORE)
+    ]
+    assert sockets and all(p.stat().st_mode & 0o022 == 0 for p in sockets)
+    # What refused them is the credential: the stack's certificate opens the same port.
+    tls_files = Certificates.in_folder(local.secrets.folder / SEAWEEDFS_TLS)
+    answer = requests.get(
+        f"https://127.0.0.1:{master}/dir/status",
+        cert=(str(tls_files.certificate), str(tls_files.key)),
+        verify=str(tls_files.authority),
+        timeout=10,
+    )
+    assert answer.status_code == 200 and "Topology" in answer.text
+    assert bucket_keys(local) == keys_before
+
+
 def test_the_viewer_serves_the_champion_but_cannot_write(
     trainer_chain: subprocess.CompletedProcess[str],
     team_stack: TeamStack,
@@ -325,6 +387,14 @@ def test_down_stops_everything_and_up_keeps_the_data(team_stack: TeamStack, as_u
 
 
 # Helpers.
+
+
+def _post(url: str) -> int | str:
+    """A POST's status, or "refused" when the connection failed (TLS handshake, reset)."""
+    try:
+        return requests.post(url, verify=False, timeout=10).status_code
+    except (requests.exceptions.SSLError, requests.exceptions.ConnectionError):
+        return "refused"
 
 
 def status_of(url: str) -> int:

