@@ -1,5 +1,5 @@
-"""Run a model behind `mlflow models serve` on loopback, for as long as a block lasts
-(used by the end-to-end tests and the benches; not part of the library)."""
+"""Run a model behind `mlflow models serve` (the project's checked way) on loopback, for as
+long as a block lasts (used by the end-to-end tests and the benches; not part of the library)."""
 
 import os
 import random
@@ -10,8 +10,10 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
+
+from tabular_mlops.mlflow.descriptions import SERVE_MODULE
 
 LOOPBACK = "127.0.0.1"
 
@@ -74,7 +76,8 @@ def background_server(
                     time.sleep(0.5)
             yield
         finally:
-            os.killpg(server.pid, signal.SIGTERM)
+            with suppress(ProcessLookupError):  # it exited on its own
+                os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
 
 
@@ -86,10 +89,11 @@ def model_server(
     env: dict[str, str] | None = None,
     timeout: float = 600,  # uv builds the model's environment first
 ) -> Iterator[str]:
-    """`mlflow models serve -m <model_uri>` with one worker on a free loopback port; yields
-    its base URL. `--env-manager local` runs it with this interpreter's packages."""
+    """`mlflow models serve` with one worker on a free loopback port, as the project
+    documents it (SERVE_MODULE: the model checked first); yields its base URL.
+    `--env-manager local` runs it with this interpreter's packages."""
     port = free_port()
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    command = [sys.executable, "-m", SERVE_MODULE, model_uri]
     command += ["-h", LOOPBACK, "-p", str(port), "-w", "1", "--env-manager", env_manager]
     # `--env-manager local` starts uvicorn from PATH: this interpreter's first.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from steps import batch_score as batch_score_step
 from steps import custom_model as custom_model_step
 from steps import register as register_step
+from tabular_mlops.cli import serve
 from tabular_mlops.core.names import Tag
 from tabular_mlops.jobs.register import register
 from tabular_mlops.mlflow import deserialization, registry
@@ -284,6 +285,46 @@ def test_batch_score_refuses_a_crafted_model_behind_the_alias(
     assert line.startswith(f"model models:/{SERVICE}/{version.version} refused: its python")
     assert not output.exists()
     store.assert_nothing_ran()
+
+
+def test_the_documented_serve_command_refuses_a_crafted_champion_before_serving(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, uri = crafted_run(SERVICE, dual_flavor, tmp_path / "crafted", roc_auc=0.5)
+    client = mlflow.MlflowClient()
+    version = client.create_model_version(SERVICE, uri, model_id=uri.removeprefix("models:/"))
+    client.set_registered_model_alias(SERVICE, "champion", version.version)
+    started: list[list[str]] = []
+    monkeypatch.setattr(serve, "start", lambda command, env: started.append(command))
+    argv = [f"models:/{SERVICE}@champion", "--config", str(store.config), "-p", "5001"]
+    with caplog.at_level(logging.ERROR):
+        assert serve.main(argv) == 2
+    (line,) = error_lines(caplog)
+    assert line.startswith(f"model models:/{SERVICE}@champion refused: its python_function")
+    assert started == []  # no server started
+    store.assert_nothing_ran()
+
+
+def test_the_serve_command_serves_the_genuine_champion_from_its_checked_copy(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[list[str], str, bool]] = []
+
+    class Server:
+        def __init__(self, command: list[str], env: dict[str, str]) -> None:
+            model_dir = Path(command[command.index("-m", 2) + 1])
+            started.append((command, env[deserialization.SWITCH], (model_dir / "MLmodel").exists()))
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(serve, "start", Server)
+    argv = [f"models:/{SERVICE}@champion", "--config", str(store.config), "-p", "5001"]
+    assert serve.main(argv) == 0
+    ((command, switch, model_there),) = started
+    assert command[1:5] == ["-m", "mlflow", "models", "serve"] and command[-2:] == ["-p", "5001"]
+    assert switch == "true" and model_there  # the checked copy, loadable while it serves
+    assert not Path(command[command.index("-m", 2) + 1]).exists()  # removed after
 
 
 def test_a_step_leaves_mlflow_refusing_any_load_that_skipped_the_check(

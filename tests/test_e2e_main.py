@@ -141,7 +141,8 @@ def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
 
     out = first.process.stdout
     assert "main: 4 steps, 1 reused" in out
-    serve = "mlflow models serve -m models:/churn-service@champion --env-manager local -p 5001"
+    serve = "python -m tabular_mlops.cli.serve models:/churn-service@champion"
+    serve += " --env-manager local -p 5001"
     assert f"serve it: {serve}" in out
     assert f"serve it: {serve}" in first.process.stderr  # custom_model's own hint too
     for noise in ("WARNING mlflow", "Failed to log", "looks like None"):

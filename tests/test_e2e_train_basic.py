@@ -57,7 +57,8 @@ def test_train_basic_on_the_shipped_data(project: Path, tmp_path: Path) -> None:
     )
     chain = f"mlflow run . --env-manager local --experiment-name {E2E_EXPERIMENT}"
     assert f"next: tune, review and wrap it (this run is reused): {chain}" in result.stderr
-    serve = "mlflow models serve -m models:/churn-classifier@latest-model --env-manager local"
+    serve = "python -m tabular_mlops.cli.serve models:/churn-classifier@latest-model"
+    serve += " --env-manager local"
     assert f"next: serve it: {serve} -p 5001" in result.stderr
     assert "WARNING" not in result.stderr and "warn" not in result.stderr.lower()
 

@@ -86,10 +86,14 @@ def service_model(config: ProjectConfig) -> str:
     )
 
 
+SERVE_MODULE = "tabular_mlops.cli.serve"
+
+
 def serve_command(model_uri: str, env_manager: str, port: int = 5001) -> str:
-    """The command that serves `model_uri`, as a user can paste it (MLflow's own default
-    env manager, virtualenv, needs pyenv: always named)."""
-    return f"mlflow models serve -m {model_uri} --env-manager {env_manager} -p {port}"
+    """The command that serves `model_uri`, as a user can paste it: `mlflow models serve`
+    behind the check every job applies (SERVE_MODULE); MLflow's own default env manager,
+    virtualenv, needs pyenv: always named."""
+    return f"python -m {SERVE_MODULE} {model_uri} --env-manager {env_manager} -p {port}"
 
 
 def runs_page(ui_url: str, experiment_id: str) -> str:
