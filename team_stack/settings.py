@@ -41,9 +41,8 @@ PROXIED_DOWNLOADS = "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD"
 # TCP_NODELAY and a request on a kept-alive connection took ~45 ms here (~10 ms under
 # gunicorn), and a chain makes ~550 of them (Kludex/uvicorn issue 3149, open; uvicorn as
 # MLflow 3.17.2 installs it; canary: tests/test_workarounds.py::
-# test_uvicorn_workers_still_delay_kept_alive_answers). Uploads through the proxy get 2
-# minutes; no control socket in the home folder.
-GUNICORN_OPTIONS = "--timeout 120 --no-control-socket"
+# test_uvicorn_workers_still_delay_kept_alive_answers). No control socket in the home folder.
+GUNICORN_OPTIONS = "--no-control-socket"
 START_TIMEOUT = 180.0  # the tracking server alone takes ~20 s on 2 cores
 
 
@@ -61,13 +60,18 @@ class StackSettings:
     s3_port: int = 18333  # STACK_S3_PORT; SeaweedFS also takes the next 7 ports
     bucket: str = "mlflow-artifacts"  # STACK_BUCKET
     workers: int = 2  # STACK_WORKERS: the tracking server's processes
+    # STACK_SERVER_TIMEOUT: seconds before the server gives a request up (gunicorn kills its
+    # worker; its database transaction is rolled back). Shorter than MLflow clients' 120 s
+    # (MLFLOW_HTTP_REQUEST_TIMEOUT), so that a client retrying a write knows the first try
+    # either happened or never will (tabular_mlops.mlflow.registry._create_version).
+    server_timeout: int = 60
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "StackSettings":
         def port(variable: str, default: int) -> int:
             text = environ.get(variable, str(default))
             if not text.isdigit() or not 0 < int(text) < 65536:
-                raise StackError(f"{variable}={text!r} is not a port number")
+                raise StackError(f"{variable}={text!r} is not a whole number from 1 to 65535")
             return int(text)
 
         return cls(
@@ -77,7 +81,12 @@ class StackSettings:
             s3_port=port("STACK_S3_PORT", cls.s3_port),
             bucket=environ.get("STACK_BUCKET", cls.bucket),
             workers=port("STACK_WORKERS", cls.workers),
+            server_timeout=port("STACK_SERVER_TIMEOUT", cls.server_timeout),
         )
+
+    @property
+    def gunicorn_options(self) -> str:
+        return f"{GUNICORN_OPTIONS} --timeout {self.server_timeout}"
 
     @property
     def tracking_uri(self) -> str:

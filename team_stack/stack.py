@@ -37,7 +37,6 @@ from team_stack.settings import (
     ADMIN,
     ADMIN_PASSWORD_VARIABLE,
     AUTH_CACHE_SECONDS,
-    GUNICORN_OPTIONS,
     LOOPBACK,
     OBJECT_STORE,
     OPTUNA_DATABASE,
@@ -222,7 +221,12 @@ class LocalStack:
         )
         command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"]
         command += ["--host", LOOPBACK, "--port", str(settings.mlflow_port)]
-        command += ["--workers", str(settings.workers), "--gunicorn-opts", GUNICORN_OPTIONS]
+        command += [
+            "--workers",
+            str(settings.workers),
+            "--gunicorn-opts",
+            settings.gunicorn_options,
+        ]
         command += ["--backend-store-uri", settings.database_uri("mlflow")]
         command += ["--artifacts-destination", f"s3://{settings.bucket}/", "--serve-artifacts"]
         # Secrets by environment, not on the command line (which `ps` shows to everyone).
@@ -366,15 +370,19 @@ class LocalStack:
     def down(self) -> None:
         """Stop what `up` started, last started first; the data stays."""
         for service in reversed(SERVICES):
-            pid = self.running_pid(service)
-            if pid is None:
-                logger.info("%s: not running", service.name)
-                continue
-            logger.info("%s: stopping (pid %d)", service.name, pid)
-            started = time.monotonic()
-            _stop_group(pid, service)
-            self._pid_file(service).unlink(missing_ok=True)
-            logger.info("%s: stopped in %.1f s", service.name, time.monotonic() - started)
+            self.stop(service)
+
+    def stop(self, service: Service) -> None:
+        """Stop one service, if `up` started it (`up` starts it again)."""
+        pid = self.running_pid(service)
+        if pid is None:
+            logger.info("%s: not running", service.name)
+            return
+        logger.info("%s: stopping (pid %d)", service.name, pid)
+        started = time.monotonic()
+        _stop_group(pid, service)
+        self._pid_file(service).unlink(missing_ok=True)
+        logger.info("%s: stopped in %.1f s", service.name, time.monotonic() - started)
 
     def _pid_file(self, service: Service) -> Path:
         return self.run_dir / f"{service.name}.pid"

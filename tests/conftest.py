@@ -33,14 +33,14 @@ from team_stack.settings import (
     ADMIN,
     ADMIN_PASSWORD_VARIABLE,
     PROXIED_DOWNLOADS,
-    SEAWEEDFS_PORTS,
     SERVICES,
     StackError,
     StackSettings,
     postgres_bin_dir,
 )
 from team_stack.stack import LocalStack
-from test_support.servers import free_port, free_port_block, model_server
+from test_support.servers import model_server
+from test_support.stack import stack_environment
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
@@ -49,6 +49,7 @@ FAST_CONFIG = "config=tests/fast.yaml"
 CHURN_CSV = PROJECT_DIR / "data" / "wa_churn.csv"
 E2E_EXPERIMENT = "churn"  # what the README passes to `mlflow run --experiment-name`
 SERVICE_URI = "models:/churn-service@champion"  # what `custom_model` registers
+STACK_SERVER_TIMEOUT = 10  # seconds: the session stack's (team_stack.settings.StackSettings)
 
 
 TIERS = ("unit", "integration", "system")
@@ -375,13 +376,8 @@ def team_stack() -> Iterator[TeamStack]:
         missing_tool("PostgreSQL server binaries")
     root = Path(tempfile.mkdtemp(prefix="tabular-mlops-stack-"))
     root.chmod(0o755)  # as root, PostgreSQL runs as `postgres`, which must reach its folder
-    environment = {
-        "STACK_DIR": str(root),
-        "STACK_MLFLOW_PORT": str(free_port()),
-        "STACK_POSTGRES_PORT": str(free_port()),
-        "STACK_S3_PORT": str(free_port_block(1 + SEAWEEDFS_PORTS)),
-        ADMIN_PASSWORD_VARIABLE: secrets.token_urlsafe(16),
-    }
+    # A short server timeout: tests/test_e2e_stack.py freezes the database past it.
+    environment = stack_environment(root) | {"STACK_SERVER_TIMEOUT": str(STACK_SERVER_TIMEOUT)}
     passwords = {ADMIN: environment[ADMIN_PASSWORD_VARIABLE]}
     stack = TeamStack(environment, passwords, up_seconds=0.0)
     started = time.monotonic()

@@ -7,6 +7,7 @@ session's `team_stack`)."""
 
 import os
 import secrets
+import signal
 import subprocess
 import time
 import urllib.error
@@ -36,6 +37,7 @@ from team_stack.settings import (
     DATABASE_USER,
     OBJECT_STORE,
     OPTUNA_DATABASE,
+    POSTGRES,
     SEAWEEDFS_TLS,
     SERVICES,
     SUPERUSER,
@@ -46,6 +48,7 @@ from tests.conftest import (
     E2E_EXPERIMENT,
     FAST_CONFIG,
     SERVICE_URI,
+    STACK_SERVER_TIMEOUT,
     TRAINER,
     VIEWER,
     TeamStack,
@@ -65,6 +68,7 @@ STEPS = ("train_basic", "track", "register", "custom_model")
 # team stack was built for (8).
 CONCURRENT_RUNS = 3
 DENIED = r"PERMISSION_DENIED|403|[Pp]ermission denied"  # how MLflow reports a 403
+SPARK_CANARY = "canary-" + secrets.token_hex(8)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +151,8 @@ def trainer_chain(
     settings = {
         "extends": str(stack_project / "tests" / "fast.yaml"),
         "tuning": {"storage": storage.replace("optuna@", f"optuna:{optuna_password}@")},
+        # A canary: a setting named as a secret, logged with the config.
+        "batch": {"spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": SPARK_CANARY}}},
     }
     config = tmp_path_factory.mktemp("stack-config") / "team.yaml"
     config.write_text(yaml.safe_dump(settings))
@@ -185,10 +191,18 @@ def test_the_chain_runs_as_the_trainer_with_artifacts_in_the_bucket(
 def test_no_secret_in_params_tags_artifacts_or_output(
     trainer_chain: subprocess.CompletedProcess[str], team_stack: TeamStack, as_user
 ) -> None:
+    local = team_stack.local
     secrets = {
-        "optuna database password": team_stack.local.secrets[OPTUNA_DATABASE],
+        "optuna database password": local.secrets[OPTUNA_DATABASE],
         "trainer password": team_stack.passwords[TRAINER],
         "admin password": team_stack.passwords[ADMIN],
+        "spark canary": SPARK_CANARY,
+    }
+    # And every secret the stack generated (database and store passwords, signing keys).
+    secrets |= {
+        f"stack secret {path.name}": local.secrets[path.name]
+        for path in local.secrets.folder.iterdir()
+        if path.is_file()
     }
     output = trainer_chain.stdout + trainer_chain.stderr
     admin = as_user(ADMIN)
@@ -223,7 +237,7 @@ def test_no_stack_port_answers_a_caller_without_its_credentials(
                 user=role,
                 dbname="postgres",
                 password="",
-                passfile=os.devnull,
+                passfile=str(settings.root / "no-such-pgpass"),
                 connect_timeout=10,
             )
     # S3: signed requests only.
@@ -340,6 +354,105 @@ def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
     assert len(by_parent) == 2 and all(len(numbers) == 2 for numbers in by_parent.values())
     first, second = by_parent.values()
     assert first.isdisjoint(second) and first | second == set(range(4))
+
+
+def test_track_survives_a_postgresql_restart_in_the_middle_of_its_search(
+    team_stack: TeamStack, stack_project: Path, as_user
+) -> None:
+    """PostgreSQL (the study's and the tracking server's database) restarted once a trial
+    finished: the search goes on to its 4 trials, nothing is left RUNNING."""
+    local = team_stack.local
+    storage, password = local.settings.optuna_storage, local.secrets[OPTUNA_DATABASE]
+    with_password = storage.replace("optuna@", f"optuna:{password}@")
+    name = "restarted-on-stack"
+    parameters = (FAST_CONFIG, "n_trials=4", f"storage={storage}", f"study_name={name}")
+    with ThreadPoolExecutor(1) as pool:
+        worker = pool.submit(
+            stack_run, team_stack, stack_project, TRAINER, "track", *parameters, PGPASSWORD=password
+        )
+        deadline = time.monotonic() + 300
+        while not _finished_trials(with_password, name) and not worker.done():
+            assert time.monotonic() < deadline, "no trial finished in 5 minutes"
+            time.sleep(0.5)
+        local.stop(POSTGRES)
+        local.up()  # starts it again, waits until it answers
+        track = worker.result()
+    assert track.returncode == 0, track.stderr[-5000:]
+    assert _finished_trials(with_password, name) == 4
+    study = optuna.load_study(study_name=name, storage=with_password)
+    assert optuna.trial.TrialState.RUNNING not in {trial.state for trial in study.trials}
+    client = as_user(TRAINER)
+    trials = mlflow.search_runs(
+        experiment_names=[E2E_EXPERIMENT],
+        filter_string=f"tags.`{Tag.STUDY}` = '{name}'",
+        output_format="list",
+    )
+    parent = client.get_run(run_id_of(track.stdout + track.stderr))
+    assert trials and {run.info.status for run in (parent, *trials)} <= {"FINISHED", "FAILED"}
+    assert parent.info.status == "FINISHED"
+    resumed = "Optuna's storage failed" in track.stderr
+    met = "a storage call (resumed)" if resumed else "no storage call"
+    print(f"the restart met {met}; {len(study.trials)} trials, {len(trials)} trial runs")
+
+
+def test_register_survives_postgresql_frozen_past_every_timeout(
+    team_stack: TeamStack, stack_project: Path, as_user
+) -> None:
+    """PostgreSQL stopped (SIGSTOP, the whole cluster) while `register` reviews and
+    registers a new run's model, for longer than the server's timeout and the client's
+    (set here to twice the server's), then resumed: `register` ends with success or one
+    clear line, the model is one version at most, and no run is left RUNNING."""
+    local = team_stack.local
+    name = "frozen-review"
+    trained = stack_run(team_stack, stack_project, TRAINER, "train_basic", FAST_CONFIG)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_id = run_id_of(trained.stdout + trained.stderr)
+    as_user(ADMIN)  # a registered model of its own, the trainer's to edit
+    review_config = load_config(CHURN_CONFIG, {"tracking.registered_model_name": name})
+    grant_role(TRAINER, team_stack.passwords[TRAINER], "trainer", review_config)
+    client = as_user(TRAINER)
+    experiment = client.get_experiment_by_name(E2E_EXPERIMENT).experiment_id
+    client_timeout = 2 * STACK_SERVER_TIMEOUT
+    parameters = (FAST_CONFIG, f"run_id={run_id}", f"registered_model_name={name}")
+    environment = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(client_timeout)}
+    postgres = local.running_pid(POSTGRES)
+    assert postgres is not None
+    with ThreadPoolExecutor(1) as pool:
+        review = pool.submit(
+            stack_run, team_stack, stack_project, TRAINER, "register", *parameters, **environment
+        )
+        filter_string = "tags.`mlflow.project.entryPoint` = 'register' and status = 'RUNNING'"
+        while not client.search_runs([experiment], filter_string) and not review.done():
+            time.sleep(0.2)
+        os.killpg(postgres, signal.SIGSTOP)
+        try:
+            time.sleep(client_timeout + 5)
+        finally:
+            os.killpg(postgres, signal.SIGCONT)
+        register = review.result()
+    versions = client.search_model_versions(f"name = '{name}'")
+    lines = [line for line in register.stderr.splitlines() if " ERROR " in line]
+    retried = [line for line in register.stderr.splitlines() if "etry" in line]  # Retry, retry
+    print(f"register exited {register.returncode}; {len(versions)} version(s); errors: {lines}")
+    print(f"{len(retried)} retry lines, the first: {retried[:1]}")
+    if register.returncode == 0:
+        assert [int(version.version) for version in versions] == [1]
+        assert versions[0].run_id == run_id
+    else:
+        assert len(lines) == 1 and "Traceback" not in register.stderr, register.stderr[-3000:]
+        assert len(versions) <= 1
+    running = client.search_runs([experiment], "status = 'RUNNING'")
+    assert running == [], [run.info.run_id for run in running]
+
+
+def _finished_trials(storage: str, name: str) -> int:
+    """How many trials of study `name` completed or were pruned (0 before it exists)."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except (KeyError, optuna.exceptions.StorageInternalError):
+        return 0
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=ended))
 
 
 def test_train_basic_runs_at_once_all_register(

@@ -2,6 +2,7 @@
 gate, idempotent registration, dry runs, rollback and a model that does not load."""
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from urllib.parse import urlparse
 
 import mlflow
 import pytest
+import requests
 
 from steps import register as register_step
 from tabular_mlops.cli.commands import parser_for
@@ -19,6 +21,7 @@ from tabular_mlops.core.names import Artifact, Tag, Verdict
 from tabular_mlops.jobs.entry_points import REGISTER
 from tabular_mlops.jobs.register import register
 from tabular_mlops.jobs.train import train_basic
+from tabular_mlops.mlflow import registry
 from tests.conftest import (
     CHURN_CONFIG,
     CHURN_CSV,
@@ -181,6 +184,37 @@ def test_registering_a_run_twice_reuses_its_version(store: Trained) -> None:
     assert again.challenger_metrics == {}  # nothing to evaluate
     assert version_count("twice") == 2
     assert aliases("twice") == {CHAMPION: 2, CHALLENGER: 2}
+
+
+@TRAINS
+@pytest.mark.parametrize("lost", ["the answer", "the request"])
+def test_a_create_whose_answer_or_request_was_lost_makes_one_version(
+    store: Trained, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, lost: str
+) -> None:
+    """The first create times out, after the server made the version or before: either
+    way one version, and MLflow's own retries were off for the create."""
+    registry_client = mlflow.tracking._model_registry.client.ModelRegistryClient
+    create = registry_client.create_model_version
+    retries: list[str | None] = []
+
+    def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+        retries.append(os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+        if len(retries) == 1:
+            if lost == "the answer":
+                create(self, *args, **kwargs)
+            raise requests.exceptions.ReadTimeout("read timed out")
+        return create(self, *args, **kwargs)
+
+    monkeypatch.setattr(registry_client, "create_model_version", flaky)
+    run = mlflow.get_run(store.strong)
+    with caplog.at_level(logging.INFO):
+        version = registry.register_run_model(
+            store.strong, run.data.tags[Tag.MODEL_URI], f"lost-{lost[4:]}"
+        )
+    assert version_count(f"lost-{lost[4:]}") == 1 == version.version
+    assert retries == (["0"] if lost == "the answer" else ["0", "0"])
+    said = "became" if lost == "the answer" else "trying again"
+    assert any(said in record.getMessage() for record in caplog.records)
 
 
 @TRAINS

@@ -25,8 +25,8 @@ from team_stack.settings import (
     private_folder,
 )
 from team_stack.stack import LocalStack
-from test_support.servers import free_port
-from tests.conftest import PROJECT_DIR, free_port_block, missing_tool
+from test_support.servers import free_port, free_port_block
+from tests.conftest import PROJECT_DIR, missing_tool
 
 COMPOSE_FILE = PROJECT_DIR / "deploy" / "docker-compose.yml"
 ENV_EXAMPLE = PROJECT_DIR / "deploy" / ".env.example"
@@ -56,7 +56,9 @@ def test_settings_come_from_the_environment(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["http", "0", "70000", ""])
 def test_a_bad_port_is_one_clear_line(value: str) -> None:
-    with pytest.raises(StackError, match=f"STACK_S3_PORT='{value}' is not a port number"):
+    with pytest.raises(
+        StackError, match=f"STACK_S3_PORT='{value}' is not a whole number from 1 to 65535"
+    ):
         StackSettings.from_environment({"STACK_S3_PORT": value})
 
 

@@ -5,14 +5,17 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import optuna
 import pandas as pd
 import pytest
 
 from steps import track as track_step
+from tabular_mlops.core.config import load_config
 from tabular_mlops.core.names import Tag
 from tabular_mlops.core.search import BEST_ITERATION, FOLDS_COMPLETED, OBJECTIVE
+from tabular_mlops.jobs import tune
 from tabular_mlops.mlflow.tuning_report import REFIT_TREES_PARAM
-from tests.conftest import churn_frame, churn_settings, write_config
+from tests.conftest import CHURN_CONFIG, churn_frame, churn_settings, write_config
 
 SMALL_SPACE = {
     "n_estimators": {"type": "int", "low": 20, "high": 80},
@@ -257,3 +260,36 @@ def test_timeout_stops_starting_trials(tracking_uri: str, tmp_path: Path) -> Non
     assert 1 <= len(trials) < 500
     metrics = parent.data.metrics
     assert metrics["trials_completed"] + metrics["trials_pruned"] == len(trials)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("failures, finished", [(2, 4), (4, None)])
+def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: int, finished: int | None
+) -> None:
+    """Trials that meet a failing database (here: raising as Optuna's RDBStorage does when
+    its connection is gone) end FAILED; the search goes on until `n_trials` finished, or the
+    failure stands after STORAGE_PAUSES retries."""
+    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0, 0, 0))
+    tuning = load_config(CHURN_CONFIG).require_tuning()
+    tuning = tuning.model_copy(update={"n_trials": 4, "storage": f"sqlite:///{tmp_path}/o.db"})
+    study = optuna.create_study(storage=tuning.storage, direction="maximize")
+    left = [failures]
+
+    def objective(trial: optuna.Trial) -> float:
+        # Every other trial until `failures` happened; every trial when they are too many.
+        if left[0] and (trial.number % 2 or finished is None):
+            left[0] -= 1
+            raise optuna.exceptions.StorageInternalError("connection to server lost")
+        trial.set_user_attr(BEST_ITERATION, 10)  # as a real trial records it
+        return trial.suggest_float("x", 0, 1)
+
+    if finished is None:
+        with pytest.raises(optuna.exceptions.StorageInternalError):
+            tune._optimize(study, objective, tuning)
+        return
+    tune._optimize(study, objective, tuning)
+    states = [trial.state for trial in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == finished
+    assert states.count(optuna.trial.TrialState.FAIL) == failures
+    assert optuna.trial.TrialState.RUNNING not in states

@@ -9,11 +9,14 @@ import pytest
 from mlflow.data.digest_utils import compute_pandas_digest
 from mlflow.exceptions import MlflowException
 from mlflow.types.utils import _infer_schema
+from mlflow.utils.rest_utils import get_error_code
 
+from tabular_mlops.cli.commands import parser_for, run_with_config
 from tabular_mlops.core.config import load_config
 from tabular_mlops.core.data import LabeledTable, prepare
 from tabular_mlops.core.names import Tag
 from tabular_mlops.core.sections import DataConfig
+from tabular_mlops.jobs.entry_points import TRACK
 from tabular_mlops.mlflow import datasets, runs
 from tabular_mlops.mlflow.datasets import log_dataset, sampled_schema
 from tabular_mlops.mlflow.runs import git_tags, project_run, quiet_integer_schema_hint
@@ -146,3 +149,34 @@ def test_experiment_tags_another_process_set_meanwhile_are_set_again(
     tags = client.get_experiment(experiment_id).tags
     assert tags["mlflow.note.content"] == config.tracking.experiment_description
     assert {k: tags[k] for k in config.tracking.experiment_tags} == config.tracking.experiment_tags
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_request_the_server_refuses_is_one_line_naming_the_user_and_the_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    endpoint = "/api/2.0/mlflow/registered-models/get"
+
+    def step(config: object) -> None:  # as MLflow's REST client raises it
+        raise MlflowException(
+            f"API request to endpoint {endpoint} failed with error code {status} != 200. "
+            "Response body: 'Permission denied'",
+            error_code=get_error_code(status),
+        )
+
+    args = parser_for(TRACK).parse_args(["--config", str(CHURN_CONFIG)])
+    with caplog.at_level(logging.ERROR):
+        assert run_with_config(args, TRACK, step) == 1
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith(f"the tracking server refused a request ({endpoint}) to user alice")
+    assert line.endswith("(scripts/stack.sh user NAME trainer)")
+
+
+def test_other_mlflow_errors_are_not_taken_for_a_refusal() -> None:
+    def step(config: object) -> None:
+        raise MlflowException("boom", error_code=get_error_code(500))
+
+    args = parser_for(TRACK).parse_args(["--config", str(CHURN_CONFIG)])
+    with pytest.raises(MlflowException, match="boom"):
+        run_with_config(args, TRACK, step)

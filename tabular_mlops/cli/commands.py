@@ -13,6 +13,8 @@ from typing import Any, NoReturn, TextIO, TypeVar
 
 import mlflow
 from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_RUN_ID
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, UNAUTHENTICATED, ErrorCode
 
 from tabular_mlops.core.config import ProjectConfig, load_config
 from tabular_mlops.core.errors import ConfigError, UserInputError
@@ -202,7 +204,29 @@ def run_with_config(
     except UserInputError as error:
         logger.error("%s", error)  # the run already ended FAILED with the `error` tag
         return 1
+    except MlflowException as error:
+        if error.error_code not in _REFUSALS:
+            raise
+        logger.error("%s", refused_by_server(error))
+        return 1
     return 0
+
+
+# How a tracking server with auth says no: not logged in, or no permission on a resource
+# (MLflow's basic auth also answers 403 for a registered model that does not exist).
+_REFUSALS = {ErrorCode.Name(UNAUTHENTICATED), ErrorCode.Name(PERMISSION_DENIED)}
+
+
+def refused_by_server(error: MlflowException) -> str:
+    """One line for a request the tracking server refused this user."""
+    request = re.search(r"endpoint (\S+)", error.message)
+    what = f" ({request.group(1)})" if request else ""
+    return (
+        f"the tracking server refused a request{what} to user "
+        f"{os.environ.get('MLFLOW_TRACKING_USERNAME', '(none)')}: {error.error_code}; "
+        "an admin grants roles on the config's experiment and registered models "
+        "(scripts/stack.sh user NAME trainer)"
+    )
 
 
 def refuse_credentials(parameters: dict[str, Any]) -> None:

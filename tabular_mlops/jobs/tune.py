@@ -6,10 +6,12 @@ With `tuning.storage` set, several processes add trials to one shared study; wit
 the study lives in memory and a seeded sampler makes the search reproducible.
 """
 
+import contextlib
 import importlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -55,6 +57,10 @@ from tabular_mlops.mlflow.shipped_code import ShippedCode
 from tabular_mlops.runtime import interrupts
 
 logger = logging.getLogger(__name__)
+
+# Seconds to wait before resuming a search whose shared study's database failed (a restart
+# takes a few seconds); once each, then the failure stands.
+STORAGE_PAUSES = (2, 5, 10)
 
 # Parent-run tags every trial run carries too.
 _INHERITED_TAGS = (
@@ -176,8 +182,8 @@ def tune(
         )
         # Until it is ended, an interrupt (even during the logging) ends the run KILLED.
         with interrupts.run_ends_killed(run.info.run_id):
-            trial.set_user_attr("mlflow_run_id", run.info.run_id)
             try:
+                trial.set_user_attr("mlflow_run_id", run.info.run_id)
                 classifier = build_classifier(
                     config.model.with_values(params), config.split.seed, threads.model_threads
                 )
@@ -214,16 +220,48 @@ def tune(
     )
     threading.Thread(target=_import_what_follows, name="import-ahead", daemon=True).start()
     try:
-        study.optimize(
-            objective,
-            n_trials=tuning.n_trials,
-            timeout=tuning.timeout_seconds,
-            n_jobs=tuning.n_jobs,
-            callbacks=[_Progress(tuning.n_trials)],
-        )
+        _optimize(study, objective, tuning)
     finally:
         cv.close()
     return study
+
+
+def _optimize(
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], tuning: TuningConfig
+) -> None:
+    """`study.optimize` until `n_trials` trials finished here (or the timeout), resumed when
+    a shared study's database fails meanwhile (a restart: its connections are checked
+    before use, `pool_pre_ping`), at most STORAGE_PAUSES times. A trial caught in the failure
+    ends FAILED and another replaces it."""
+    progress = _Progress(tuning.n_trials)
+    started: set[int] = set()  # the numbers of the trials this process ran
+
+    def tracked(trial: optuna.Trial) -> float:
+        started.add(trial.number)
+        return objective(trial)
+
+    deadline = None if tuning.timeout_seconds is None else time.monotonic() + tuning.timeout_seconds
+    for pause in (*STORAGE_PAUSES, None):
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            study.optimize(
+                tracked,
+                n_trials=tuning.n_trials - progress.finished,
+                timeout=timeout,
+                n_jobs=tuning.n_jobs,
+                callbacks=[progress],
+            )
+            return
+        except optuna.exceptions.StorageInternalError as error:
+            if pause is None or not tuning.storage:
+                raise
+            logger.warning(
+                "Optuna's storage failed (%s): the search goes on in %d s",
+                redact(str(error).splitlines()[0]),
+                pause,
+            )
+            time.sleep(pause)
+            _fail_unfinished(study, started)
 
 
 def _import_what_follows() -> None:
@@ -247,17 +285,23 @@ def _create_or_load_study(
     # Processes that start together on a fresh database race to create Optuna's tables
     # (a duplicate-table or duplicate-type error for the loser); once the tables exist,
     # `load_if_exists` makes the study itself safe to create from many processes.
-    create = partial(
-        optuna.create_study,
+    def create(**kwargs: Any) -> optuna.Study:
+        # Connections checked before use: one a database restart closed is replaced.
+        shared = storage and optuna.storages.RDBStorage(
+            storage, engine_kwargs={"pool_pre_ping": True}
+        )
+        return optuna.create_study(storage=shared or None, **kwargs)
+
+    create_it = partial(
+        create,
         study_name=name,
-        storage=storage,
         sampler=sampler,
         pruner=pruner,
         direction="maximize",
         load_if_exists=True,
     )
     return again_if_created_meanwhile(
-        create,
+        create_it,
         f"Optuna's storage of {name}",
         raced=lambda error: isinstance(
             error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError
@@ -266,17 +310,28 @@ def _create_or_load_study(
     )
 
 
+def _fail_unfinished(study: optuna.Study, started: set[int]) -> None:
+    """This process's trials the storage's failure left RUNNING, ended FAILED (another
+    process sharing the study would otherwise count them as running for good)."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.number in started:
+            with contextlib.suppress(optuna.exceptions.StorageInternalError):
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
 class _Progress:
     """One log line per finished trial: its score (or where it was pruned), the best so
-    far, time spent."""
+    far, time spent. `finished` counts the trials that completed or were pruned."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.done = 0
+        self.finished = 0
         self.start = time.monotonic()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.done += 1
+        self.finished += trial.state in (COMPLETE, PRUNED)
         elapsed = time.monotonic() - self.start
         if trial.state == PRUNED:
             logger.info(

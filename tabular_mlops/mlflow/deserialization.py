@@ -4,11 +4,12 @@ check (mlflow.model_trust) is refused by MLflow itself; on only around loading a
 check passed, or one this process has just saved (`allowed`). Child processes started
 meanwhile inherit the setting."""
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mlflow.environment_variables import MLFLOW_ALLOW_PICKLE_DESERIALIZATION
+
+from tabular_mlops.runtime.processes import environment_variable
 
 SWITCH = MLFLOW_ALLOW_PICKLE_DESERIALIZATION.name
 
@@ -20,24 +21,11 @@ def forbidden(allow_pickle: bool) -> Iterator[None]:
     if allow_pickle:
         yield
         return
-    with _set(SWITCH, "false"):
+    with environment_variable(SWITCH, "false"):
         yield
 
 
 @contextmanager
 def allowed() -> Iterator[None]:
-    with _set(SWITCH, "true"):
+    with environment_variable(SWITCH, "true"):
         yield
-
-
-@contextmanager
-def _set(name: str, value: str) -> Iterator[None]:
-    before = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before

@@ -11,8 +11,10 @@ from datetime import UTC, datetime
 
 import mlflow
 import pandas as pd
+import requests
 from mlflow.entities import Run, RunStatus
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
@@ -20,7 +22,7 @@ from sqlite_store_lock import sqlite_path, store_lock
 from tabular_mlops.core.errors import PromotionError
 from tabular_mlops.core.names import Tag, Verdict
 from tabular_mlops.core.sections import HEADLINE_METRICS
-from tabular_mlops.runtime import stale_runs
+from tabular_mlops.runtime import processes, stale_runs
 from tabular_mlops.runtime.faults import FaultPoint, crash_if_injected
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 Tag.REVIEW = "validation_status"
 # The latest versions `versions_table` lists.
 LISTED_VERSIONS = 100
+# Creates of one version sent before its failure stands (see _create_version).
+CREATE_ATTEMPTS = 3
 _VERSION_URI = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 
 
@@ -104,7 +108,7 @@ def register_run_model(
     client = mlflow.MlflowClient()
     existing = find_version(name, run_id, model_uri)
     if existing is None:
-        version = int(mlflow.register_model(model_uri, name).version)
+        version = _create_version(run_id, model_uri, name)
         if model_description and client.get_registered_model(name).description != model_description:
             client.update_registered_model(name, description=model_description)
     else:
@@ -116,6 +120,38 @@ def register_run_model(
         if key in run.data.tags:
             client.set_model_version_tag(name, str(version), key, run.data.tags[key])
     return RegisteredVersion(name, version, run_id, created=existing is None)
+
+
+def _create_version(run_id: str, model_uri: str, name: str) -> int:
+    """`mlflow.register_model`, made idempotent. MLflow's client retries a request that
+    timed out or was cut, POSTs included: a create the server had received then makes a
+    second version. Here the create is sent without those retries; after a failure the
+    version is looked for (with them) and created again only if absent, at most
+    CREATE_ATTEMPTS times. Sound while the server gives up a request before the client
+    does (the team stack: gunicorn's 60 s against MLflow's 120 s, MLFLOW_HTTP_REQUEST_TIMEOUT):
+    a create the server gave up was rolled back, so absent means never made."""
+    for attempt in range(1, CREATE_ATTEMPTS + 1):
+        try:
+            with processes.environment_variable(MLFLOW_HTTP_REQUEST_MAX_RETRIES.name, "0"):
+                return int(mlflow.register_model(model_uri, name).version)
+        except (MlflowException, requests.exceptions.RequestException) as error:
+            found = find_version(name, run_id, model_uri)
+            if found is not None:
+                logger.info(
+                    "%s became %s version %s (its answer was lost)", model_uri, name, found.version
+                )
+                return int(found.version)
+            if attempt == CREATE_ATTEMPTS:
+                raise
+            logger.warning(
+                "registering %s as %s failed (%s): trying again (%d/%d)",
+                model_uri,
+                name,
+                str(error).splitlines()[0][:300],
+                attempt + 1,
+                CREATE_ATTEMPTS,
+            )
+    raise AssertionError("not reached")
 
 
 def describe(run: Run) -> str:

@@ -1,9 +1,11 @@
 """Facts about processes on this machine: alive, started when, children. From /proc on
-Linux; elsewhere (macOS) from `os.kill(pid, 0)` and `ps`, without start times."""
+Linux; elsewhere (macOS) from `os.kill(pid, 0)` and `ps`, without start times. And an
+environment variable set for a while."""
 
 import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -51,3 +53,18 @@ def children(pid: int) -> list[int]:
     listing = subprocess.run(["ps", "-A", "-o", "pid=,ppid="], capture_output=True, text=True)
     pairs = (line.split() for line in listing.stdout.splitlines())
     return [int(child) for child, parent in pairs if int(parent) == pid]
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """`name` set to `value` in this process's environment (and its children's started
+    meanwhile) until the block ends, then as it was."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
