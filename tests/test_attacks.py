@@ -323,7 +323,7 @@ def test_the_serve_command_serves_the_genuine_champion_from_its_checked_copy(
     assert serve.main(argv) == 0
     ((command, switch, model_there),) = started
     assert command[1:5] == ["-m", "mlflow", "models", "serve"] and command[-2:] == ["-p", "5001"]
-    assert switch == "true" and model_there  # the checked copy, loadable while it serves
+    assert switch == "false" and model_there  # the checked copy, MLflow's pickle switch off
     assert not Path(command[command.index("-m", 2) + 1]).exists()  # removed after
 
 

@@ -30,7 +30,13 @@ from tabular_mlops.jobs.entry_points import CUSTOM_MODEL
 from tabular_mlops.jobs.register import register
 from tabular_mlops.jobs.train import TrainResult, train_basic
 from tabular_mlops.jobs.wrap import CustomModelResult, custom_model
-from tabular_mlops.mlflow import pipeline_model, registry, service_model, shipped_code
+from tabular_mlops.mlflow import (
+    deserialization,
+    pipeline_model,
+    registry,
+    service_model,
+    shipped_code,
+)
 from tabular_mlops.runtime import processes
 from tests.conftest import (
     PROJECT_DIR,
@@ -163,6 +169,20 @@ def test_answers_match_the_pipeline_and_the_settings(store: Wrapped) -> None:
 
     strict = model.predict(rows, params={"threshold": 0.9})
     np.testing.assert_array_equal(strict["decision"], probability >= 0.9)
+
+
+@TRAINS
+def test_both_models_load_with_mlflows_pickle_switch_off(store: Wrapped) -> None:
+    """Their code loads the pipeline with the shipped list of skops types: neither needs
+    MLFLOW_ALLOW_PICKLE_DESERIALIZATION, which MLflow's own sklearn loader does."""
+    rows = held_out_rows()
+    with deserialization.forbidden(allow_pickle=False):
+        service = mlflow.pyfunc.load_model(f"models:/{SERVICE}/1").predict(rows)
+        pipeline = mlflow.pyfunc.load_model(store.result.source_uri).predict(rows)
+        with pytest.raises(MlflowException, match="MLFLOW_ALLOW_PICKLE_DESERIALIZATION"):
+            mlflow.sklearn.load_model(store.result.source_uri)
+    assert len(service["probability"]) == len(pipeline) == len(rows)
+    assert set(np.unique(pipeline)) <= {0, 1}  # the pipeline's classes
 
 
 @TRAINS

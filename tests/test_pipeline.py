@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import skops.io
 from sklearn.pipeline import Pipeline
+from tabular_custom_model.pipeline_file import SKOPS_TRUSTED_TYPES
 
 from tabular_mlops.core.data import LabeledTable, Split, load_table, split
 from tabular_mlops.core.pipeline import (
@@ -13,8 +14,9 @@ from tabular_mlops.core.pipeline import (
     unknown_lightgbm_params,
 )
 from tabular_mlops.core.sections import DataConfig, ModelConfig, SplitConfig
-from tabular_mlops.mlflow.pipeline_model import SKOPS_TRUSTED_TYPES, pip_requirements
-from tests.conftest import churn_settings
+from tabular_mlops.mlflow.pipeline_model import pip_requirements
+from tabular_mlops.mlflow.shipped_code import skops_trusted_types
+from tests.conftest import PROJECT_DIR, churn_settings
 
 FAST_MODEL = ModelConfig(n_estimators=60, learning_rate=0.1, num_leaves=15)
 
@@ -69,6 +71,10 @@ def test_same_seed_same_model(
     assert np.array_equal(
         fitted.predict_proba(churn_split.X_test), again.predict_proba(churn_split.X_test)
     )
+
+
+def test_the_project_reads_the_trusted_types_the_shipped_code_declares() -> None:
+    assert skops_trusted_types(PROJECT_DIR / "custom_model") == SKOPS_TRUSTED_TYPES
 
 
 def test_skops_trusted_types_are_complete(fitted: Pipeline, churn_split: Split) -> None:

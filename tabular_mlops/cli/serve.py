@@ -23,6 +23,7 @@ from types import FrameType
 from tabular_mlops.cli.commands import configure_logging
 from tabular_mlops.core.config import DEFAULT_CONFIG_PATH, load_config
 from tabular_mlops.core.errors import UserInputError
+from tabular_mlops.mlflow import deserialization
 from tabular_mlops.mlflow.model_trust import LoadPolicy
 from tabular_mlops.mlflow.runs import configure_tracking
 
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("serving %s, checked, from %s", args.model_uri, checked.local)
         # `--env-manager local` starts uvicorn from PATH: this interpreter's first.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        with checked.loading():  # the server loads this checked copy, and nothing else
+        # The server loads this checked copy, with MLflow's pickle switch off: the project's
+        # models load their pipeline with the shipped list of skops types, and need it not.
+        with deserialization.forbidden(policy.allow_pickle):
             server = start(serve_command(checked.local, options), os.environ | {"PATH": path})
 
             def stop(signum: int, _frame: FrameType | None) -> None:

@@ -11,7 +11,8 @@ local copy that `LoadPolicy.checked` has read whole and found to run nothing but
 - this project's shipped code (`custom_model/`): every `.py` file a loader can import,
   at the top or in `code/` or in the wheel there, is byte for byte a version of a file of
   `custom_model/` this checkout knows (its files, or any version in its git history);
-- skops files whose types are all in this project's list (`SKOPS_TRUSTED_TYPES`);
+- skops files whose types are all in the shipped code's list (`SKOPS_TRUSTED_TYPES` of
+  custom_model/src/tabular_custom_model/pipeline_file.py);
 - requirements naming only the packages the project's models need, at no URL, and the
   wheel checked above.
 
@@ -45,8 +46,8 @@ from packaging.utils import canonicalize_name
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.errors import PromotionError
 from tabular_mlops.mlflow import deserialization
-from tabular_mlops.mlflow.pipeline_model import MODEL_REQUIREMENTS, SKOPS_TRUSTED_TYPES
-from tabular_mlops.mlflow.shipped_code import PACKAGE
+from tabular_mlops.mlflow.pipeline_model import MODEL_REQUIREMENTS
+from tabular_mlops.mlflow.shipped_code import PACKAGE, skops_trusted_types
 
 PYFUNC, SKLEARN = "python_function", "sklearn"
 # Loaders of the flavors this project logs: skops-saved pipelines, and models from code.
@@ -74,6 +75,7 @@ class TrustedCode:
     ids: the files of `custom_model/` now, and every version in the git history of HEAD."""
 
     blobs: frozenset[str]
+    skops_types: frozenset[str]  # what skops files may hold: the shipped code's own list
 
     @classmethod
     def of_checkout(cls, package_dir: Path) -> "TrustedCode":
@@ -83,7 +85,8 @@ class TrustedCode:
                 f"src/{PACKAGE} (model_code.package_dir: run from the project directory)"
             )
         current = {_blob_id(path.read_bytes()) for path in package_dir.rglob("*.py")}
-        return cls(frozenset(current | _committed_python_blobs(package_dir)))
+        blobs = frozenset(current | _committed_python_blobs(package_dir))
+        return cls(blobs, frozenset(skops_trusted_types(package_dir)))
 
     def knows(self, content: bytes) -> bool:
         return _blob_id(content) in self.blobs
@@ -273,7 +276,7 @@ class _Inspection:
         elif path.suffix == ".whl":
             self._wheel(path, shown)
         elif path.suffix == ".skops":
-            _check_skops(path, shown)
+            _check_skops(path, shown, self.code.skops_types)
         elif path.suffix not in INERT_SUFFIXES and path.name not in INERT_NAMES:
             raise _Refused(f"it holds {shown}, a file a loader could run")
 
@@ -336,14 +339,14 @@ class _Inspection:
         return path.relative_to(self.root).as_posix() if path != self.root else "the model"
 
 
-def _check_skops(path: Path, shown: str) -> None:
+def _check_skops(path: Path, shown: str, trusted: frozenset[str]) -> None:
     import skops.io
 
     try:
         untrusted = skops.io.get_untrusted_types(file=path)
     except Exception:  # not a zip, no schema: skops could not load it either
         raise _Refused(f"{shown} is not a readable skops file") from None
-    if unknown := sorted(set(untrusted) - set(SKOPS_TRUSTED_TYPES)):
+    if unknown := sorted(set(untrusted) - trusted):
         raise _Refused(f"{shown} holds type {unknown[0]}, which this project does not trust")
 
 

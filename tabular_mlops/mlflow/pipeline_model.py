@@ -40,20 +40,12 @@ from tabular_mlops.core.sections import TrackingConfig
 from tabular_mlops.mlflow import deserialization
 from tabular_mlops.mlflow.datasets import sampled_schema
 from tabular_mlops.mlflow.runs import INPUT_EXAMPLE_ROWS, quiet_integer_schema_hint
-from tabular_mlops.mlflow.shipped_code import ShippedCode
+from tabular_mlops.mlflow.shipped_code import ShippedCode, skops_trusted_types
 from tabular_mlops.runtime.faults import FaultPoint, crash_if_injected
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-# Types skops must be told to trust when loading the fitted pipeline (tests check the list
-# is complete); listing them keeps the safe skops format instead of falling back to pickle.
-SKOPS_TRUSTED_TYPES = [
-    "collections.OrderedDict",
-    "lightgbm.basic.Booster",
-    "lightgbm.sklearn.LGBMClassifier",
-    "numpy.dtype",
-]
 # What a clean environment needs to load and run the logged pipeline.
 MODEL_REQUIREMENTS = ["mlflow", "lightgbm", "scikit-learn", "pandas", "numpy", "scipy", "skops"]
 SKLEARN = "sklearn"
@@ -111,7 +103,7 @@ def log_pipeline(
             input_example=stock_example,
             pip_requirements=pip_requirements(),
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            skops_trusted_types=skops_trusted_types(code.package_dir),
         )
         # MLflow loads the model it logs, to check its input example: the one just saved.
         with code.importable(), deserialization.allowed():

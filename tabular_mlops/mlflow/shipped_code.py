@@ -11,6 +11,7 @@ bytes are checked against the sha256 recorded beside it when it was built
 a temporary name and renamed, so an interrupted build leaves no wheel behind.
 """
 
+import ast
 import hashlib
 import logging
 import shutil
@@ -30,9 +31,25 @@ from tabular_mlops.core.sections import ModelCodeConfig
 logger = logging.getLogger(__name__)
 
 PACKAGE = "tabular_custom_model"
+# Where the shipped code declares the skops types it trusts (and loads pipelines with).
+TRUSTED_TYPES_FILE = Path("src") / PACKAGE / "pipeline_file.py"
+TRUSTED_TYPES_NAME = "SKOPS_TRUSTED_TYPES"
 
 _IGNORED = ("__pycache__", "*.pyc", "*.egg-info")
 _BUILD = "import sys; from hatchling.build import build_wheel; print(build_wheel(sys.argv[1]))"
+
+
+def skops_trusted_types(package_dir: Path) -> list[str]:
+    """The skops types the shipped code trusts, as its source declares them: read, not
+    imported (the package is not installed where jobs run)."""
+    path = package_dir / TRUSTED_TYPES_FILE
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == TRUSTED_TYPES_NAME
+            for target in node.targets
+        ):
+            return [str(name) for name in ast.literal_eval(node.value)]
+    raise ConfigError(f"{path} declares no {TRUSTED_TYPES_NAME}")
 
 
 def content_hash(package_dir: Path) -> str:

@@ -16,14 +16,14 @@ values, numeric text), since MLflow's signature types cannot accept both forms o
 whole-number column; see inputs.py.
 
 Nothing here is pickled: MLflow builds the model from `model_code.py` (models from code),
-the pipeline is loaded from its skops-saved sklearn-flavor artifact, and the settings come
+the pipeline is loaded from its skops-saved sklearn-flavor artifact (pipeline_file.py,
+with this package's own list of trusted types), and the settings come
 from the logged `model_config`.
 """
 
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 import yaml
@@ -35,6 +35,7 @@ from mlflow.types.schema import Array, Object, Property
 
 from tabular_custom_model.encoding import FeatureEncoder
 from tabular_custom_model.inputs import InputSpec
+from tabular_custom_model.pipeline_file import load_pipeline
 
 PIPELINE_ARTIFACT = "pipeline"
 # Written by MLflow next to MLmodel when a model is loaded by a registry URI.
@@ -80,7 +81,7 @@ class ChurnModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         settings = context.model_config
         pipeline_path = context.artifacts[PIPELINE_ARTIFACT]
-        pipeline = mlflow.sklearn.load_model(pipeline_path)
+        pipeline = load_pipeline(pipeline_path)
         self._encoder = FeatureEncoder.from_pipeline(pipeline)
         self._booster = pipeline.steps[-1][1].booster_
         self._threshold = float(settings[Setting.THRESHOLD])

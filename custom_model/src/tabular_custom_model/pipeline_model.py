@@ -9,18 +9,18 @@ artifact); the same model directory also carries it as its `sklearn` flavor, so 
 
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from tabular_custom_model.inputs import InputSpec
 from tabular_custom_model.model import PIPELINE_ARTIFACT, Setting
+from tabular_custom_model.pipeline_file import load_pipeline
 
 
 class PipelineModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
-        self._pipeline = mlflow.sklearn.load_model(context.artifacts[PIPELINE_ARTIFACT])
+        self._pipeline = load_pipeline(context.artifacts[PIPELINE_ARTIFACT])
         self._inputs = InputSpec.from_schema(context.model_config[Setting.INPUT_SCHEMA])
 
     def predict(
