@@ -6,8 +6,8 @@ In a temporary store: `train_basic` and `custom_model` on the shipped config, th
 champion's build context (tabular_mlops.cli.image) installed in a fresh environment
 (test_support.image, as the tests run it). Served side by side:
 - `mlflow models serve --env-manager local` (one worker, its default);
-- the image's entrypoint in that environment (its ENV: two uvicorn workers);
-- the same behind nginx with deploy/serving's configuration (the image's path in compose).
+- the image's entrypoint in that environment (its ENV: one uvicorn worker);
+- the same as deploy/serving runs it (two workers) behind nginx with its configuration.
 Each is measured on single-row and 100-row requests, one at a time and 8 at once, servers
 taking turns round by round: p50 and requests/s, and the ratios to `mlflow models serve`.
 
@@ -200,10 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             reference = stack.enter_context(
                 model_server(SERVICE_URI, "local", directory / "serve.log")
             )
+            model_dir = directory / "context" / "model"
             entry = stack.enter_context(
-                entrypoint_server(python, directory / "context" / "model", directory / "entry.log")
+                entrypoint_server(python, model_dir, directory / "entry.log")
             )
-            proxy = stack.enter_context(nginx_proxy(entry, directory / "nginx", MAX_CONCURRENT))
+            behind = stack.enter_context(
+                entrypoint_server(python, model_dir, directory / "behind.log", compose=True)
+            )
+            proxy = stack.enter_context(nginx_proxy(behind, directory / "nginx", MAX_CONCURRENT))
             urls = {
                 "mlflow models serve": reference,
                 "image entrypoint": entry,

@@ -76,9 +76,12 @@ def clean_environment(context: Path, venv: Path) -> Path:
 
 
 @contextmanager
-def entrypoint_server(python: Path, model_dir: Path, log: Path) -> Iterator[str]:
-    """The image's ENTRYPOINT with the image's ENV, run by `python` on `model_dir`; yields
-    its URL. Two assignments go before the entrypoint's own code: the model directory (the
+def entrypoint_server(
+    python: Path, model_dir: Path, log: Path, compose: bool = False
+) -> Iterator[str]:
+    """The image's ENTRYPOINT with the image's ENV (and, with `compose`, the serving compose
+    file's environment of the model service), run by `python` on `model_dir`; yields its
+    URL. Two assignments go before the entrypoint's own code: the model directory (the
     image's is /opt/ml/model) and the port (the image's is 8000, taken here maybe)."""
     image = Dockerfile.read()
     command = image.entrypoint()
@@ -91,10 +94,19 @@ def entrypoint_server(python: Path, model_dir: Path, log: Path) -> Iterator[str]
     )
     environment = {"PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}"}
     environment |= {"HOME": os.environ.get("HOME", "/tmp")}
-    environment |= image.environment() | {"UVICORN_HOST": LOOPBACK}  # loopback here
+    environment |= image.environment() | (compose_environment() if compose else {})
+    environment |= {"UVICORN_HOST": LOOPBACK}  # loopback here
     url = f"http://{LOOPBACK}:{port}"
     with background_server([str(python), "-c", patched], f"{url}/ping", log, 120, environment):
         yield url
+
+
+def compose_environment() -> dict[str, str]:
+    """The serving compose file's environment of the model service."""
+    import yaml
+
+    services = yaml.safe_load(SERVING_COMPOSE.read_text())["services"]
+    return {key: str(value) for key, value in services["model"].get("environment", {}).items()}
 
 
 def proxy_configuration(upstream: str, listen: str, max_concurrent: int) -> str:

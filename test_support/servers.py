@@ -16,6 +16,7 @@ from pathlib import Path
 from tabular_mlops.mlflow.descriptions import SERVE_MODULE
 
 LOOPBACK = "127.0.0.1"
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -55,12 +56,18 @@ def background_server(
     log_path: Path,
     timeout: float,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[None]:
-    """Run `command` until the block ends, once `ready_url` answers; its log goes to
-    `log_path`, and its child processes go down with it."""
+    """Run `command` (in `cwd`) until the block ends, once `ready_url` answers; its log goes
+    to `log_path`, and its child processes go down with it."""
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         try:
             deadline = time.monotonic() + timeout
@@ -99,5 +106,6 @@ def model_server(
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     environment = (env if env is not None else dict(os.environ)) | {"PATH": path}
     url = f"http://{LOOPBACK}:{port}"
-    with background_server(command, f"{url}/ping", log_path, timeout, environment):
+    # From the project's directory, as a user types it: the shipped config and its code.
+    with background_server(command, f"{url}/ping", log_path, timeout, environment, PROJECT_DIR):
         yield url

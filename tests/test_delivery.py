@@ -99,7 +99,7 @@ def test_the_image_is_what_mlflow_generates_made_fit_to_run(tmp_path: Path) -> N
     environment = ours.environment()
     assert environment["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
     assert environment["MLFLOW_DISABLE_ENV_CREATION"] == "true"  # nothing installed at start
-    assert environment["MLFLOW_MODELS_WORKERS"] == "2" and environment["OMP_NUM_THREADS"] == "1"
+    assert environment["MLFLOW_MODELS_WORKERS"] == "1" and environment["OMP_NUM_THREADS"] == "1"
     assert int(environment["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"]) <= 30
     assert ours.one("USER") not in ("root", "0")
     assert "/ping" in ours.one("HEALTHCHECK")
@@ -187,7 +187,7 @@ def image_path(
     env_root = session_env_root(directory)
     with (
         entrypoint_server(
-            python, directory / "context" / "model", directory / "entry.log"
+            python, directory / "context" / "model", directory / "entry.log", compose=True
         ) as entry,
         nginx_proxy(entry, directory / "nginx", max_concurrent=2) as proxy,
         served(store, "local", env_root, directory, SERVICE_URI) as reference,
@@ -332,6 +332,7 @@ def test_the_serving_compose_file_is_valid_and_publishes_only_the_proxy_on_loopb
     (port,) = services["proxy"]["ports"]
     assert port["host_ip"] == "127.0.0.1" and port["target"] == 8080
     assert services["proxy"]["depends_on"]["model"]["condition"] == "service_healthy"
+    assert services["model"]["environment"]["MLFLOW_MODELS_WORKERS"] == "2"  # behind nginx
     assert {s["restart"] for s in services.values()} == {"unless-stopped"}
     assert re.fullmatch(r"nginx:\d+\.\d+\.\d+-alpine", services["proxy"]["image"])
 
