@@ -72,6 +72,7 @@ SLOWEST_MODULES = (
     "test_e2e_clients",
     "test_e2e_spark",
     "test_e2e_custom_model",
+    "test_delivery",
     "test_register",
     "test_e2e_track",
     "test_e2e_register",
