@@ -11,8 +11,12 @@ docstring or comment names the upstream issue or function and the version checke
   test_mlflow_still_presigns_downloads_by_default;
 - the fake `dbutils` MLflow can leave in sys.modules removed (tests/conftest.py):
   test_mlflow_still_fakes_dbutils_while_it_loads_a_model_from_code;
-- the team's tracking server under gunicorn (team_stack.settings.GUNICORN_OPTIONS):
+- the team's tracking server under gunicorn (team_stack.settings.GUNICORN_OPTIONS), and
+  the serving proxy's connection per request (deploy/serving/nginx.conf.template):
   test_uvicorn_workers_still_delay_kept_alive_answers;
+- a shared study's search resumed when Optuna hides its storage's failure
+  (jobs.tune._storage_failed):
+  test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror;
 - the models check their own input types (tabular_custom_model.inputs): the canary in
   tests/test_inputs.py.
 """
@@ -141,3 +145,33 @@ def test_uvicorn_workers_still_delay_kept_alive_answers(tmp_path: Path) -> None:
     command += ["--port", str(port), "--workers", "2", "--app-dir", str(tmp_path)]
     with background_server(command, f"http://{LOOPBACK}:{port}/", tmp_path / "uvicorn.log", 60):
         assert kept_alive_milliseconds(port) > 25
+
+
+def test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror() -> None:
+    """Optuna 5.0.0: when telling a trial's result fails and reading the trial back fails
+    too (the database went away mid-trial), `_run_trial` raises UnboundLocalError for
+    `updated_state`, the storage's error as its context. Once this fails (the storage's own
+    error escapes), jobs.tune._storage_failed can go."""
+    import optuna
+
+    class Failing(optuna.storages.InMemoryStorage):
+        def set_trial_state_values(self, *args: object, **kwargs: object) -> bool:
+            raise optuna.exceptions.StorageInternalError("connection lost")
+
+        def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+            if self.failing:
+                raise optuna.exceptions.StorageInternalError("connection lost")
+            return super().get_trial(trial_id)
+
+    storage = Failing()
+    storage.failing = False
+    study = optuna.create_study(storage=storage)
+
+    def objective(trial: optuna.Trial) -> float:
+        storage.failing = True
+        return 1.0
+
+    assert optuna.__version__ == "5.0.0"
+    with pytest.raises(UnboundLocalError, match="updated_state") as raised:
+        study.optimize(objective, n_trials=1)
+    assert isinstance(raised.value.__context__, optuna.exceptions.StorageInternalError)
