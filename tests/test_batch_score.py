@@ -10,8 +10,8 @@ import pytest
 from mlflow.types import ColSpec, Schema
 from tabular_custom_model import ChurnModel, Output, Param, Setting
 
+from tabular_mlops.core.batch_sections import BatchConfig
 from tabular_mlops.core.errors import DataError
-from tabular_mlops.core.sections import BatchConfig
 from tabular_mlops.jobs import pandas_engine, score_io, scoring_model
 from tabular_mlops.jobs.scoring_model import ScoringModel
 

@@ -11,7 +11,7 @@ import pytest
 
 from steps import track as track_step
 from tabular_mlops.core.config import load_config
-from tabular_mlops.core.names import Tag
+from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.core.search import BEST_ITERATION, FOLDS_COMPLETED, OBJECTIVE
 from tabular_mlops.jobs import tune
 from tabular_mlops.mlflow.tuning_report import REFIT_TREES_PARAM
@@ -61,6 +61,8 @@ def test_track_logs_nested_trials_the_best_model_and_a_report(
     assert parent.info.status == "FINISHED" and len(trials) == 4
     assert {"training_roc_auc", "training_log_loss"} <= set(parent.data.metrics)
     assert parent.data.params["classifier__n_estimators"] == parent.data.params[REFIT_TREES_PARAM]
+    profile = mlflow.artifacts.load_dict(f"runs:/{parent.info.run_id}/{Artifact.PROFILE}")
+    assert profile["metrics"]["roc_auc"] == pytest.approx(parent.data.metrics["roc_auc"])
 
     for trial in trials:
         assert trial.info.status == "FINISHED"
@@ -293,3 +295,16 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
     assert states.count(optuna.trial.TrialState.COMPLETE) == finished
     assert states.count(optuna.trial.TrialState.FAIL) == failures
     assert optuna.trial.TrialState.RUNNING not in states
+
+
+@pytest.mark.unit
+def test_a_storage_failure_is_recognised_behind_what_optuna_raises_instead() -> None:
+    try:
+        try:
+            raise optuna.exceptions.StorageInternalError("connection lost")
+        except optuna.exceptions.StorageInternalError:
+            raise UnboundLocalError("updated_state") from None
+    except UnboundLocalError as hidden:
+        hidden.__context__ = optuna.exceptions.StorageInternalError("connection lost")
+        assert tune._storage_failed(hidden)
+    assert not tune._storage_failed(UnboundLocalError("a bug of ours"))

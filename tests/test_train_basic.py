@@ -12,7 +12,8 @@ from mlflow.entities import RunStatus
 
 from steps import train_basic as train_basic_step
 from tabular_mlops.cli.commands import parser_for
-from tabular_mlops.core.names import Tag
+from tabular_mlops.core.monitoring import Profile
+from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.jobs.entry_points import TRAIN_BASIC
 from tabular_mlops.mlflow.pipeline_model import declared_inputs
 from tests.conftest import churn_frame, churn_settings, mixed_table, write_config
@@ -105,6 +106,15 @@ def test_trains_and_registers_a_parquet_table_with_inferred_features(
     )
     assert list(sample.columns) == ["id", "actual", "predicted", "probability"]
     assert len(sample) == 20 and sample["probability"].between(0, 1).all()
+    # The reference `monitor` judges batches against: the inputs as inferred, the scores.
+    logged = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{Artifact.PROFILE}")
+    reference = Profile.from_dict(logged)
+    assert (set(reference.numeric), set(reference.categorical)) == (
+        {"age", "income", "member"},
+        {"plan", "region"},
+    )
+    assert reference.metrics["roc_auc"] == pytest.approx(run.data.metrics["roc_auc"])
+    assert sum(reference.scores.shares) == pytest.approx(1)
 
 
 @TRAINS

@@ -9,11 +9,11 @@ from typing import Any
 import yaml
 from pydantic import PrivateAttr, ValidationError, model_validator
 
+from tabular_mlops.core.batch_sections import BatchConfig, MonitoringConfig
 from tabular_mlops.core.errors import ConfigError
 from tabular_mlops.core.redaction import is_secret_name, redact, redact_values
 from tabular_mlops.core.sections import (
     DATABRICKS_PROFILE,
-    BatchConfig,
     ComputeConfig,
     CustomModelConfig,
     DataConfig,
@@ -43,6 +43,7 @@ class ProjectConfig(_Section):
     compute: ComputeConfig = ComputeConfig()
     trust: TrustConfig = TrustConfig()
     batch: BatchConfig = BatchConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     # Where the settings came from: the file, and the settings parameters replaced
     # (dotted key -> value); set by load_config, shown in run names and descriptions.
     _source: Path = PrivateAttr(DEFAULT_CONFIG_PATH)

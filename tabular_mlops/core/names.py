@@ -29,6 +29,9 @@ class Tag:
     VERDICT_REASON = "verdict_reason"
     ROLE = "role"  # of an evaluation child run: challenger or champion
     EVALUATED_MODEL_URI = "evaluated_model_uri"
+    # monitor: the version judged; the verdict (ok, warn, retrain) goes in VERDICT
+    MONITORED_MODEL = "monitored_model"  # models:/<name>/<version>
+    VERDICT_REASONS = "verdict_reasons"
     # custom_model
     SOURCE_MODEL_URI = "source_model_uri"  # the pipeline wrapped
     WHEEL = "wheel"
@@ -98,3 +101,7 @@ class Artifact:
     SCORE_PLOT = "score_distribution.png"
     CHAIN_STEPS = "chain/steps.json"
     CHAIN_SUMMARY = "chain/summary.txt"
+    PROFILE = "monitoring/profile.json"  # the reference `monitor` compares batches with
+    MONITOR_REPORT = "monitoring/report.html"
+    MONITOR_TABLE = "monitoring/drift.csv"
+    MONITOR_PLOTS = "monitoring/plots"

@@ -378,29 +378,3 @@ class ComputeConfig(_Section):
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
-
-
-class SparkConfig(_Section):
-    """The Spark session of `batch_score --engine spark`."""
-
-    # None: a local session on the cores `compute.threads` allows (`local[N]`); a cluster's
-    # master URL (spark://host:7077, yarn, ...) to run there.
-    master: str | None = None
-    conf: dict[str, str] = {}  # any Spark setting, e.g. spark.executor.memory: 4g
-
-
-class BatchConfig(_Section):
-    """The `batch_score` entry point: a table in, a Parquet folder of answers out."""
-
-    input: Path | None = None  # a CSV or Parquet file, or a folder of Parquet parts
-    output: Path | None = None  # the Parquet folder written; it must not exist yet
-    # None: the custom model's alias, models:/<custom_model.registered_model_name>@<alias>.
-    model_uri: str | None = None
-    engine: Literal["pandas", "spark"] = "pandas"
-    # Rows scored at a time (and per Arrow batch under Spark); at most the model's max_rows.
-    batch_rows: int = Field(10_000, ge=1)
-    rows_per_file: int = Field(1_000_000, ge=1)  # pandas engine: rows per Parquet part
-    explain: bool = False  # add each row's top reasons
-    threshold: float | None = Field(None, ge=0, le=1)  # None: the model's tuned threshold
-    overwrite: bool = False  # replace an existing output folder
-    spark: SparkConfig = SparkConfig()

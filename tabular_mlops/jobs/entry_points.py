@@ -179,6 +179,20 @@ BATCH_SCORE = EntryPoint(
         _p("overwrite", BOOLEAN, "batch.overwrite", "true: replace an output it wrote"),
     ),
 )
+MONITOR = EntryPoint(
+    "monitor",
+    "steps.monitor",
+    "Judge a batch of inputs (and its outcomes, once known) against the model's training "
+    "profile: drift, realized performance and a verdict, ok, warn or retrain.",
+    (
+        CONFIG,
+        _p(
+            "input", TEXT, "monitoring.input", "a CSV or Parquet file, or a folder of Parquet parts"
+        ),
+        _p("labels", TEXT, "monitoring.labels", "id columns and the target of the same rows"),
+        _p("model_uri", TEXT, "monitoring.model_uri", "unset: the custom model's alias"),
+    ),
+)
 STEPS = (TRAIN_BASIC, TRACK, REGISTER, CUSTOM_MODEL)
 
 # The parameters of `main` each step receives (besides `config`, and what `main` passes from
@@ -211,7 +225,9 @@ MAIN = EntryPoint(
     ),
 )
 
-ENTRY_POINTS: dict[str, EntryPoint] = {entry.name: entry for entry in (MAIN, *STEPS, BATCH_SCORE)}
+ENTRY_POINTS: dict[str, EntryPoint] = {
+    entry.name: entry for entry in (MAIN, *STEPS, BATCH_SCORE, MONITOR)
+}
 
 
 def optional_lines(entry: EntryPoint) -> list[str]:

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tabular_mlops.core.batch_sections import BatchConfig
 from tabular_mlops.core.errors import DataError
-from tabular_mlops.core.sections import BatchConfig
 from tabular_mlops.jobs.score_io import PartWriter, ScoringInput, output_schema
 from tabular_mlops.jobs.scoring_model import (
     DECISION,

@@ -12,10 +12,10 @@ from mlflow.models.model import MODEL_CONFIG
 from mlflow.pyfunc import FLAVOR_NAME
 from mlflow.types import Schema
 
+from tabular_mlops.core.batch_sections import BatchConfig
 from tabular_mlops.core.errors import UserInputError
 from tabular_mlops.core.names import Artifact
 from tabular_mlops.core.plots import pyplot
-from tabular_mlops.core.sections import BatchConfig
 from tabular_mlops.mlflow.pipeline_model import declared_inputs
 
 # Keys of the custom model's model_config and request params this module relies on

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
-from tabular_mlops.core.sections import BatchConfig, SparkConfig
+from tabular_mlops.core.batch_sections import BatchConfig, SparkConfig
 from tabular_mlops.jobs.score_io import ScoringInput, output_schema
 from tabular_mlops.jobs.scoring_model import (
     DECISION,

@@ -52,6 +52,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         metrics |= evaluation.log_f1_threshold_metrics(
             pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test, config.split.seed
         )
+        evaluation.log_reference_profile(pipeline, table, parts.X_train, parts.X_test, metrics)
 
         name, alias = config.tracking.registered_model_name, config.tracking.alias
         described = descriptions.pipeline_model(config, table.spec.numeric, table.spec.categorical)

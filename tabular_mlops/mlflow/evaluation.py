@@ -2,7 +2,8 @@
 
 MLflow's default classifier evaluator gives the metrics (ROC AUC, PR AUC, log loss, F1,
 precision, recall, accuracy) and the plots (ROC, PR, confusion matrix, calibration, lift);
-this module adds what it lacks: the Brier score and a feature-importance chart.
+this module adds what it lacks: the Brier score and a feature-importance chart; and the
+reference profile monitoring compares batches with (core.monitoring).
 """
 
 import tempfile
@@ -16,7 +17,8 @@ from mlflow.models import EvaluationResult
 from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from tabular_mlops.core import thresholds
+from tabular_mlops.core import monitoring, thresholds
+from tabular_mlops.core.data import LabeledTable
 from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.core.pipeline import feature_importance
 from tabular_mlops.core.plots import pyplot
@@ -153,3 +155,29 @@ def log_sample_predictions(
     )
     mlflow.log_text(sample.to_csv(index=False), Artifact.SAMPLE_PREDICTIONS)
     return sample
+
+
+def log_reference_profile(
+    pipeline: Pipeline,
+    table: LabeledTable,
+    X_train: pd.DataFrame,
+    X_test: pd.DataFrame,
+    metrics: dict[str, float],
+) -> monitoring.Profile:
+    """The training split's profile and the model's scores on the test split, with its
+    headline metrics and what its target counts positive: what `monitor` judges batches
+    against (Artifact.PROFILE)."""
+    scores = pipeline.predict_proba(X_test)[:, 1]
+    headline = {name: float(metrics[name]) for name in HEADLINE_METRICS if name in metrics}
+    label = table.positive_label
+    profile = monitoring.profile(
+        X_train,
+        list(table.spec.numeric),
+        list(table.spec.categorical),
+        scores,
+        headline,
+        str(table.target.name),
+        label if isinstance(label, list) else [label],
+    )
+    mlflow.log_text(profile.to_json(), Artifact.PROFILE)
+    return profile

@@ -1,0 +1,322 @@
+"""Monitoring's statistics: a compact profile of a table (made at training time, logged with
+the model), the drift of a batch against it, feature by feature and for the model's scores,
+and the verdict they add up to.
+
+The profile holds no rows: per numeric column, quantile bins of the training split (their
+shares) and 101 quantiles; per categorical column, the shares of its categories (the
+commonest 50, the rest pooled); each column's missing rate; and the same bins for the
+model's scores on the test split, with its headline test metrics.
+
+Drift is judged by effect sizes, not p-values (on a night of 100,000 rows every difference
+is "significant"): the population stability index (PSI) on the reference bins and the
+Kolmogorov-Smirnov distance for numbers, the Jensen-Shannon distance for categories, the
+change of the missing rate and the share of categories training never saw. p-values (KS,
+chi-square) are reported beside them. With 10 bins, the PSI of a same-population sample
+of n rows is about 9/n: 0.002 at 5,000 rows, far under the 0.1 that warns.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+BINS = 10
+QUANTILES = np.linspace(0, 1, 101)
+TOP_CATEGORIES = 50
+OTHER = "__other__"
+EPSILON = 1e-4  # an empty bin's share, so that PSI stays finite
+
+
+class Verdict(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    RETRAIN = "retrain"
+
+
+@dataclass(frozen=True)
+class NumericReference:
+    edges: list[float]  # inner bin edges (quantiles of the reference, distinct)
+    shares: list[float]  # of the non-missing values, per bin (len(edges) + 1)
+    quantiles: list[float]  # 0%, 1%, ..., 100%
+    missing_rate: float
+
+    @classmethod
+    def of(cls, values: pd.Series) -> "NumericReference":
+        present = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+        missing = 1 - len(present) / len(values) if len(values) else 0.0
+        if not len(present):
+            return cls([], [1.0], [], missing)
+        edges = np.unique(np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1]))
+        return cls(
+            [float(e) for e in edges],
+            _shares(np.searchsorted(edges, present, side="right"), len(edges) + 1),
+            [float(q) for q in np.quantile(present, QUANTILES)],
+            float(missing),
+        )
+
+
+@dataclass(frozen=True)
+class CategoricalReference:
+    shares: dict[str, float]  # of the non-missing values; OTHER pools the rarest
+    missing_rate: float
+
+    @classmethod
+    def of(cls, values: pd.Series) -> "CategoricalReference":
+        present = values.dropna().astype(str)
+        missing = 1 - len(present) / len(values) if len(values) else 0.0
+        counts = present.value_counts()
+        top, rest = counts.iloc[:TOP_CATEGORIES], counts.iloc[TOP_CATEGORIES:]
+        total = max(len(present), 1)
+        shares = {str(name): int(count) / total for name, count in top.items()}
+        if len(rest):
+            shares[OTHER] = int(rest.sum()) / total
+        return cls(shares, float(missing))
+
+
+@dataclass(frozen=True)
+class Profile:
+    rows: int
+    numeric: dict[str, NumericReference]
+    categorical: dict[str, CategoricalReference]
+    scores: NumericReference  # the model's probabilities on the test split
+    metrics: dict[str, float]  # the model's headline test metrics
+    target: str = ""  # the target column, and its values counted positive (as text)
+    positive: list[str] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Profile":
+        return cls(
+            rows=int(data["rows"]),
+            numeric={k: NumericReference(**v) for k, v in data["numeric"].items()},
+            categorical={k: CategoricalReference(**v) for k, v in data["categorical"].items()},
+            scores=NumericReference(**data["scores"]),
+            metrics={k: float(v) for k, v in data["metrics"].items()},
+            target=str(data.get("target", "")),
+            positive=[str(v) for v in data.get("positive", [])],
+        )
+
+
+def profile(
+    frame: pd.DataFrame,
+    numeric: list[str],
+    categorical: list[str],
+    scores: np.ndarray,
+    metrics: dict[str, float],
+    target: str = "",
+    positive: list[Any] | None = None,
+) -> Profile:
+    """The profile of the training split `frame` and of the model's test `scores`."""
+    return Profile(
+        rows=len(frame),
+        numeric={name: NumericReference.of(frame[name]) for name in numeric},
+        categorical={name: CategoricalReference.of(frame[name]) for name in categorical},
+        scores=NumericReference.of(pd.Series(scores)),
+        metrics=dict(metrics),
+        target=target,
+        positive=[str(value) for value in positive or []],
+    )
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    feature: str
+    kind: str  # numeric, categorical, score
+    psi: float  # on the reference bins (categories for categorical columns)
+    distance: float  # Kolmogorov-Smirnov (numeric) or Jensen-Shannon (categorical)
+    p_value: float  # KS, or chi-square
+    missing_rate: float
+    missing_change: float  # batch minus reference, in share of rows
+    unseen_share: float  # of the non-missing values: categories training never saw
+
+
+def numeric_drift(
+    name: str, reference: NumericReference, values: pd.Series, kind: str = "numeric"
+) -> FeatureDrift:
+    present = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
+    missing = 1 - len(present) / len(values) if len(values) else 0.0
+    if not len(present) or not reference.quantiles:
+        psi = distance = 0.0
+        p_value = 1.0
+    else:
+        edges = np.asarray(reference.edges)
+        actual = _shares(np.searchsorted(edges, present, side="right"), len(edges) + 1)
+        psi = _psi(reference.shares, actual)
+        distance, p_value = _ks_against_quantiles(reference.quantiles, present)
+    return FeatureDrift(
+        name, kind, psi, distance, p_value, missing, missing - reference.missing_rate, 0.0
+    )
+
+
+def categorical_drift(
+    name: str, reference: CategoricalReference, values: pd.Series
+) -> FeatureDrift:
+    present = values.dropna().astype(str)
+    missing = 1 - len(present) / len(values) if len(values) else 0.0
+    known = [c for c in reference.shares if c != OTHER]
+    counts = present.value_counts()
+    total = max(len(present), 1)
+    seen = [int(counts.get(c, 0)) / total for c in known]
+    other = 1 - sum(seen) if len(present) else 0.0
+    # What falls outside the known categories: the reference's pooled rare ones, or new
+    # ones; only the excess over the reference's pooled share counts as unseen.
+    expected = [reference.shares[c] for c in known] + [reference.shares.get(OTHER, 0.0)]
+    actual = [*seen, other]
+    unseen = max(0.0, other - reference.shares.get(OTHER, 0.0))
+    psi = _psi(expected, actual)
+    distance = float(
+        jensenshannon(np.asarray(expected) + EPSILON, np.asarray(actual) + EPSILON, base=2)
+    )
+    p_value = 1.0
+    if len(present):
+        observed = np.asarray(actual) * total
+        smoothed = np.asarray(expected) + EPSILON
+        p_value = float(stats.chisquare(observed, smoothed / smoothed.sum() * total).pvalue)
+    return FeatureDrift(
+        name,
+        "categorical",
+        psi,
+        distance,
+        p_value,
+        missing,
+        missing - reference.missing_rate,
+        unseen,
+    )
+
+
+def drift(reference: Profile, batch: pd.DataFrame, scores: np.ndarray | None) -> list[FeatureDrift]:
+    """Every profiled column of `batch` against the reference, and the scores if given."""
+    found = [numeric_drift(n, r, batch[n]) for n, r in reference.numeric.items()]
+    found += [categorical_drift(n, r, batch[n]) for n, r in reference.categorical.items()]
+    if scores is not None:
+        found.append(numeric_drift("score", reference.scores, pd.Series(scores), kind="score"))
+    return found
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """From `warn` to `retrain`: the effect sizes past which a verdict is raised."""
+
+    psi: tuple[float, float] = (0.1, 0.25)
+    distance: tuple[float, float] = (0.1, 0.2)  # KS, Jensen-Shannon
+    missing_change: tuple[float, float] = (0.05, 0.10)
+    unseen_share: tuple[float, float] = (0.01, 0.05)
+    metric_drop: tuple[float, float] = (0.02, 0.05)  # realized below reference, CI-bound
+
+
+@dataclass(frozen=True)
+class Realized:
+    """The model's performance on labelled rows, with bootstrap confidence intervals."""
+
+    metric: str
+    value: float
+    low: float
+    high: float
+    reference: float
+
+
+@dataclass
+class Judgement:
+    verdict: Verdict = Verdict.OK
+    reasons: list[str] = field(default_factory=list)
+
+    def raise_to(self, level: Verdict, reason: str) -> None:
+        order = list(Verdict)
+        if order.index(level) > order.index(self.verdict):
+            self.verdict = level
+        self.reasons.append(f"{level.value}: {reason}")
+
+
+def judge(drifts: list[FeatureDrift], realized: list[Realized], limits: Thresholds) -> Judgement:
+    """The verdict, and a reason for each figure past a threshold (retrain first)."""
+    judgement = Judgement()
+
+    def check(value: float, bounds: tuple[float, float], what: str) -> None:
+        if value >= bounds[1]:
+            judgement.raise_to(Verdict.RETRAIN, what)
+        elif value >= bounds[0]:
+            judgement.raise_to(Verdict.WARN, what)
+
+    for found in drifts:
+        name = found.feature
+        check(found.psi, limits.psi, f"{name} PSI {found.psi:.3f}")
+        check(found.distance, limits.distance, f"{name} distance {found.distance:.3f}")
+        check(
+            found.missing_change,
+            limits.missing_change,
+            f"{name} missing +{found.missing_change:.1%}",
+        )
+        check(
+            found.unseen_share,
+            limits.unseen_share,
+            f"{name} unseen categories {found.unseen_share:.1%}",
+        )
+    for each in realized:
+        # The drop the interval allows at best: a small night is not a false alarm.
+        drop = each.reference - each.high
+        check(
+            drop,
+            limits.metric_drop,
+            f"{each.metric} {each.value:.3f} (CI {each.low:.3f}-{each.high:.3f}) "
+            f"against {each.reference:.3f}",
+        )
+    judgement.reasons.sort(key=lambda reason: not reason.startswith(Verdict.RETRAIN.value))
+    return judgement
+
+
+def bootstrap(
+    metric: Any, y_true: np.ndarray, scores: np.ndarray, rounds: int = 200, seed: int = 0
+) -> tuple[float, float, float]:
+    """`metric(y_true, scores)` and its 95% bootstrap interval (resamples lacking a class
+    are skipped)."""
+    rng = np.random.default_rng(seed)
+    value = float(metric(y_true, scores))
+    samples = []
+    n = len(y_true)
+    for _ in range(rounds):
+        picked = rng.integers(0, n, n)
+        truth = y_true[picked]
+        if truth.min() == truth.max():
+            continue
+        samples.append(float(metric(truth, scores[picked])))
+    if not samples:
+        return value, value, value
+    low, high = np.quantile(samples, [0.025, 0.975])
+    return value, float(low), float(high)
+
+
+def _shares(bins: np.ndarray, count: int) -> list[float]:
+    totals = np.bincount(bins, minlength=count)[:count]
+    return [float(x) for x in totals / max(totals.sum(), 1)]
+
+
+def _psi(expected: list[float], actual: list[float]) -> float:
+    e = np.clip(np.asarray(expected, dtype=float), EPSILON, None)
+    a = np.clip(np.asarray(actual, dtype=float), EPSILON, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _ks_against_quantiles(quantiles: list[float], values: np.ndarray) -> tuple[float, float]:
+    """The KS distance between the reference, as the step function its 101 quantiles draw
+    (within 1% of its true distribution, ties and discrete columns included), and
+    `values`; its p-value for the batch's size."""
+    reference = np.asarray(quantiles)
+    points = np.unique(np.concatenate([reference, values]))
+    batch_cdf = np.searchsorted(np.sort(values), points, side="right") / len(values)
+    below = np.searchsorted(reference, points, side="right")  # quantiles at or under each point
+    reference_cdf = np.where(below > 0, QUANTILES[np.maximum(below - 1, 0)], 0.0)
+    distance = float(np.max(np.abs(batch_cdf - reference_cdf)))
+    p_value = float(stats.kstwo.sf(distance, len(values))) if math.isfinite(distance) else 1.0
+    return distance, p_value

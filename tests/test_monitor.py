@@ -1,0 +1,166 @@
+"""The `monitor` entry point on the session's trained models: a quiet night, a drifted one,
+outcomes flipped, and bad input, in process; and one night through `mlflow run`."""
+
+import logging
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from steps import monitor as monitor_step
+from tabular_mlops.core.names import Artifact, Tag
+from tests.conftest import (
+    churn_frame,
+    copy_of_trained_store,
+    leave_no_run_behind,
+    mlflow_run,
+    point_mlflow_at,
+    shipped_config_file,
+)
+
+ID, TARGET = "customer_id", "churn"
+MODEL = "models:/churn-service/1"
+
+
+@pytest.fixture
+def store(trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    copy_of_trained_store(trained_store, tmp_path)
+    point_mlflow_at(tmp_path, monkeypatch)
+    yield tmp_path
+    leave_no_run_behind()
+
+
+def night(seed: int = 0, rows: int = 5000) -> pd.DataFrame:
+    """Rows resampled from the shipped table, ids unique, outcomes included."""
+    frame = churn_frame().sample(rows, replace=True, random_state=seed).reset_index(drop=True)
+    return frame.assign(**{ID: np.arange(rows) + 1_000_000})
+
+
+def drifted(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["monthly_charges"] = frame["monthly_charges"] * 1.2
+    frame["contract"] = frame["contract"].replace("Two year", "Three year")
+    gaps = np.random.default_rng(0).random(len(frame)) < 0.2
+    frame["tenure"] = frame["tenure"].astype(float).mask(gaps)
+    return frame
+
+
+def run_monitor(store: Path, frame: pd.DataFrame, labels: pd.DataFrame | None = None) -> int:
+    inputs = store / "night.csv"
+    frame.drop(columns=[TARGET]).to_csv(inputs, index=False)
+    argv = ["--config", str(shipped_config_file(store)), "--input", str(inputs)]
+    if labels is not None:
+        labels.to_csv(store / "labels.csv", index=False)
+        argv += ["--labels", str(store / "labels.csv")]
+    return monitor_step.main(argv)
+
+
+def monitor_run() -> mlflow.entities.Run:
+    (run,) = mlflow.search_runs(
+        experiment_names=["churn"],
+        filter_string="tags.entry_point = 'monitor'",
+        output_format="list",
+    )
+    return run
+
+
+@pytest.mark.integration
+def test_a_quiet_night_is_ok_and_logs_what_the_ui_charts(store: Path) -> None:
+    assert run_monitor(store, night()) == 0
+    run = monitor_run()
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[Tag.VERDICT] in ("ok", "warn")
+    assert run.data.tags[Tag.MONITORED_MODEL] == MODEL
+    assert {"drift_psi/tenure", "drift_distance/contract", "drift_psi/score"} <= set(
+        run.data.metrics
+    )
+    report = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{Artifact.MONITOR_REPORT}")
+    assert "Verdict: " in report and "data:image/png;base64," in report
+    plots = mlflow.artifacts.list_artifacts(
+        run_id=run.info.run_id, artifact_path=Artifact.MONITOR_PLOTS
+    )
+    assert any(p.path.endswith("score.png") for p in plots)
+
+
+@pytest.mark.integration
+def test_a_drifted_night_says_retrain_and_names_the_features(store: Path) -> None:
+    assert run_monitor(store, drifted(night())) == 0
+    tags = monitor_run().data.tags
+    assert tags[Tag.VERDICT] == "retrain"
+    reasons = tags[Tag.VERDICT_REASONS]
+    for named in ("monthly_charges PSI", "contract unseen categories", "tenure missing +"):
+        assert named in reasons
+    assert "retrain" in tags[Tag.DESCRIPTION]
+
+
+@pytest.mark.integration
+def test_outcomes_flipped_give_a_realized_performance_retrain(store: Path) -> None:
+    frame = night(1)
+    labels = frame[[ID, TARGET]].copy()
+    flipped = np.random.default_rng(3).random(len(labels)) < 0.3
+    labels.loc[flipped, TARGET] = labels.loc[flipped, TARGET].map({"Yes": "No", "No": "Yes"})
+    assert run_monitor(store, frame, labels) == 0
+    run = monitor_run()
+    assert run.data.tags[Tag.VERDICT] == "retrain"
+    assert run.data.tags[Tag.VERDICT_REASONS].startswith("retrain: roc_auc")
+    assert run.data.metrics["realized_roc_auc_high"] < run.data.metrics["realized_roc_auc"] + 0.1
+    assert run.data.metrics["labelled_rows"] == len(frame)
+
+
+@pytest.mark.integration
+def test_honest_outcomes_raise_no_realized_alarm(store: Path) -> None:
+    frame = night(2)
+    assert run_monitor(store, frame, frame[[ID, TARGET]]) == 0
+    run = monitor_run()
+    assert "roc_auc" not in run.data.tags[Tag.VERDICT_REASONS]
+    assert 0.75 < run.data.metrics["realized_roc_auc"] < 0.95
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("case", "line"),
+    [
+        ("missing column", "lacks column(s) the model was trained on: tenure"),
+        ("labels match nothing", "no row's customer_id matches a row of"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_failed_run(
+    store: Path, caplog: pytest.LogCaptureFixture, case: str, line: str
+) -> None:
+    frame = night(3, rows=500)
+    labels = None
+    if case == "missing column":
+        frame = frame.drop(columns=["tenure"])
+    else:
+        labels = frame[[ID, TARGET]].assign(**{ID: frame[ID] + 10**9})
+    with caplog.at_level(logging.ERROR):
+        assert run_monitor(store, frame, labels) == 1
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line in error
+    assert monitor_run().info.status == "FAILED"
+
+
+@pytest.mark.integration
+def test_an_empty_batch_is_ok_with_a_warning(store: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        assert run_monitor(store, night(4).head(0)) == 0
+    tags = monitor_run().data.tags
+    assert tags[Tag.VERDICT] == "ok" and "empty" in tags[Tag.VERDICT_REASONS]
+    assert any("has no rows" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.system
+def test_a_night_through_mlflow_run(trained_store: Path, tmp_path: Path, project: Path) -> None:
+    store = copy_of_trained_store(trained_store, tmp_path)
+    inputs = tmp_path / "night.csv"
+    drifted(night(5)).drop(columns=[TARGET]).to_csv(inputs, index=False)
+    done = mlflow_run(project, store, "monitor", f"input={inputs}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "retrain" in done.stderr
+    point = mlflow.MlflowClient(store)
+    (run,) = point.search_runs(
+        [point.get_experiment_by_name("churn").experiment_id], "tags.entry_point = 'monitor'"
+    )
+    assert run.data.tags[Tag.VERDICT] == "retrain" and run.info.status == "FINISHED"
