@@ -314,13 +314,18 @@ def test_granting_again_changes_a_users_role(
     as_user("switcher").set_terminated(run.info.run_id)
 
 
-def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
+def test_two_track_workers_share_one_study_and_survive_a_postgresql_restart(
     team_stack: TeamStack, stack_project: Path, as_user
 ) -> None:
+    """Two `track` workers add trials to one study in the stack's PostgreSQL, which is
+    restarted (the study's and the tracking server's database) once a trial finished: each
+    worker ends with its trials, nothing is left RUNNING."""
+    local = team_stack.local
     # The password by libpq's PGPASSWORD, not in the URL: `mlflow run` logs every -P value.
-    storage = team_stack.local.settings.optuna_storage
-    password = team_stack.local.secrets[OPTUNA_DATABASE]
-    parameters = (FAST_CONFIG, "n_trials=2", f"storage={storage}", "study_name=shared-on-stack")
+    storage, password = local.settings.optuna_storage, local.secrets[OPTUNA_DATABASE]
+    with_password = storage.replace("optuna@", f"optuna:{password}@")
+    name = "shared-on-stack"
+    parameters = (FAST_CONFIG, "n_trials=3", f"storage={storage}", f"study_name={name}")
     with ThreadPoolExecutor(2) as pool:
         workers = [
             pool.submit(
@@ -334,51 +339,15 @@ def test_two_track_workers_share_one_study_in_the_stacks_postgresql(
             )
             for _ in range(2)
         ]
-        done = [worker.result() for worker in workers]
-    assert [run.returncode for run in done] == [0, 0], [run.stderr[-3000:] for run in done]
-    with_password = storage.replace("optuna@", f"optuna:{password}@")
-    study = optuna.load_study(study_name="shared-on-stack", storage=with_password)
-    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    assert sorted(trial.number for trial in study.get_trials(states=ended)) == list(range(4))
-    as_user(TRAINER)
-    trials = mlflow.search_runs(
-        experiment_names=[E2E_EXPERIMENT],
-        filter_string=f"tags.`{Tag.STUDY}` = 'shared-on-stack'",
-        output_format="list",
-    )
-    by_parent: dict[str, set[int]] = {}
-    for trial in trials:
-        by_parent.setdefault(trial.data.tags[MLFLOW_PARENT_RUN_ID], set()).add(
-            int(trial.data.tags[Tag.TRIAL])
-        )
-    assert len(by_parent) == 2 and all(len(numbers) == 2 for numbers in by_parent.values())
-    first, second = by_parent.values()
-    assert first.isdisjoint(second) and first | second == set(range(4))
-
-
-def test_track_survives_a_postgresql_restart_in_the_middle_of_its_search(
-    team_stack: TeamStack, stack_project: Path, as_user
-) -> None:
-    """PostgreSQL (the study's and the tracking server's database) restarted once a trial
-    finished: the search goes on to its 4 trials, nothing is left RUNNING."""
-    local = team_stack.local
-    storage, password = local.settings.optuna_storage, local.secrets[OPTUNA_DATABASE]
-    with_password = storage.replace("optuna@", f"optuna:{password}@")
-    name = "restarted-on-stack"
-    parameters = (FAST_CONFIG, "n_trials=4", f"storage={storage}", f"study_name={name}")
-    with ThreadPoolExecutor(1) as pool:
-        worker = pool.submit(
-            stack_run, team_stack, stack_project, TRAINER, "track", *parameters, PGPASSWORD=password
-        )
         deadline = time.monotonic() + 300
-        while not _finished_trials(with_password, name) and not worker.done():
+        while not _finished_trials(with_password, name) and not any(w.done() for w in workers):
             assert time.monotonic() < deadline, "no trial finished in 5 minutes"
             time.sleep(0.5)
         local.stop(POSTGRES)
         local.up()  # starts it again, waits until it answers
-        track = worker.result()
-    assert track.returncode == 0, track.stderr[-5000:]
-    assert _finished_trials(with_password, name) == 4
+        done = [worker.result() for worker in workers]
+    assert [run.returncode for run in done] == [0, 0], [run.stderr[-3000:] for run in done]
+    assert _finished_trials(with_password, name) == 6
     study = optuna.load_study(study_name=name, storage=with_password)
     assert optuna.trial.TrialState.RUNNING not in {trial.state for trial in study.trials}
     client = as_user(TRAINER)
@@ -387,12 +356,19 @@ def test_track_survives_a_postgresql_restart_in_the_middle_of_its_search(
         filter_string=f"tags.`{Tag.STUDY}` = '{name}'",
         output_format="list",
     )
-    parent = client.get_run(run_id_of(track.stdout + track.stderr))
-    assert trials and {run.info.status for run in (parent, *trials)} <= {"FINISHED", "FAILED"}
-    assert parent.info.status == "FINISHED"
-    resumed = "Optuna's storage failed" in track.stderr
-    met = "a storage call (resumed)" if resumed else "no storage call"
-    print(f"the restart met {met}; {len(study.trials)} trials, {len(trials)} trial runs")
+    finished: dict[str, set[int]] = {}
+    for trial in trials:
+        if trial.info.status == "FINISHED":
+            parent = trial.data.tags[MLFLOW_PARENT_RUN_ID]
+            finished.setdefault(parent, set()).add(int(trial.data.tags[Tag.TRIAL]))
+    assert len(finished) == 2 and all(len(numbers) == 3 for numbers in finished.values())
+    first, second = finished.values()
+    assert first.isdisjoint(second)  # one study: each trial number is one worker's
+    parents = [client.get_run(run_id_of(run.stdout + run.stderr)) for run in done]
+    assert {run.info.status for run in parents} == {"FINISHED"}
+    assert {run.info.status for run in trials} <= {"FINISHED", "FAILED"}
+    resumed = sum("Optuna's storage failed" in run.stderr for run in done)
+    print(f"the restart met {resumed} worker(s) mid-call; {len(study.trials)} trials in all")
 
 
 def test_register_survives_postgresql_frozen_past_every_timeout(

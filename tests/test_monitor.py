@@ -2,6 +2,8 @@
 outcomes flipped, and bad input, in process; and one night through `mlflow run`."""
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +17,7 @@ from tests.conftest import (
     churn_frame,
     copy_of_trained_store,
     leave_no_run_behind,
-    mlflow_run,
+    mlflow_run_environment,
     point_mlflow_at,
     shipped_config_file,
 )
@@ -152,15 +154,43 @@ def test_an_empty_batch_is_ok_with_a_warning(store: Path, caplog: pytest.LogCapt
 
 
 @pytest.mark.system
-def test_a_night_through_mlflow_run(trained_store: Path, tmp_path: Path, project: Path) -> None:
+def test_a_drifted_night_retrains_through_the_gate(
+    trained_store: Path, tmp_path: Path, project: Path
+) -> None:
+    """scripts/nightly.sh's loop: batch_score, monitor (retrain), then the chain on the
+    night's labelled rows; the gate reviews its challenger and an alias moves only if the
+    review passed."""
     store = copy_of_trained_store(trained_store, tmp_path)
-    inputs = tmp_path / "night.csv"
-    drifted(night(5)).drop(columns=[TARGET]).to_csv(inputs, index=False)
-    done = mlflow_run(project, store, "monitor", f"input={inputs}")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "retrain" in done.stderr
-    point = mlflow.MlflowClient(store)
-    (run,) = point.search_runs(
-        [point.get_experiment_by_name("churn").experiment_id], "tags.entry_point = 'monitor'"
+    frame = drifted(night(6, rows=3000))
+    frame.drop(columns=[TARGET]).to_csv(tmp_path / "night.csv", index=False)
+    frame[[ID, TARGET]].to_csv(tmp_path / "outcomes.csv", index=False)
+    command = [sys.executable, "-m", "tabular_mlops.cli.nightly"]
+    command += ["--input", str(tmp_path / "night.csv"), "--labels", str(tmp_path / "outcomes.csv")]
+    command += ["--output", str(tmp_path / "scores"), "--config", "tests/fast.yaml"]
+    command += ["-P", "n_trials=2", "-P", "check_env_manager=none"]
+    done = subprocess.run(
+        command,
+        cwd=project,
+        env=mlflow_run_environment(project, store),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
-    assert run.data.tags[Tag.VERDICT] == "retrain" and run.info.status == "FINISHED"
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "verdict: retrain" in done.stderr
+    client = mlflow.MlflowClient(store)
+    experiment = client.get_experiment_by_name("churn").experiment_id
+    by_entry = {}
+    for run in client.search_runs([experiment]):
+        by_entry.setdefault(run.data.tags.get(Tag.ENTRY_POINT), []).append(run)
+    assert {run.info.status for run in by_entry["batch_score"]} == {"FINISHED"}
+    (main_run,) = by_entry["main"]
+    assert main_run.data.params["data_path"].endswith("train-night.csv")
+    (review,) = [run for run in by_entry["register"] if Tag.ROLE not in run.data.tags]
+    verdict = review.data.tags[Tag.VERDICT]
+    champion = client.get_registered_model("churn-classifier").aliases.get("champion")
+    candidate = review.data.tags.get(Tag.CHAMPION_URI, "")
+    if verdict == "passed":
+        assert candidate.endswith(f"/{champion}")
+    else:
+        assert champion is None  # the trained store had no champion: none was made

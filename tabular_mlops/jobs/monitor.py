@@ -55,8 +55,7 @@ def monitor(config: ProjectConfig) -> MonitorResult:
     settings = config.monitoring
     if settings.input is None:
         raise ConfigError("monitor needs a batch: -P input=... (a CSV or Parquet table)")
-    custom = config.require_custom_model()
-    uri = settings.model_uri or registry.alias_uri(custom.registered_model_name, custom.alias)
+    uri = scoring_model.model_to_use(config, settings.model_uri)
     with (
         runs.project_run(config, MONITOR.name, None, MONITOR.summary) as run,
         tempfile.TemporaryDirectory(prefix="monitored-model-") as scratch,

@@ -20,7 +20,7 @@ from tabular_mlops.core.names import Tag
 from tabular_mlops.jobs import score_io, scoring_model
 from tabular_mlops.jobs.entry_points import BATCH_SCORE
 from tabular_mlops.jobs.pandas_engine import score_with_pandas
-from tabular_mlops.mlflow import datasets, registry, runs
+from tabular_mlops.mlflow import datasets, runs
 from tabular_mlops.mlflow.model_trust import LoadPolicy
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ def batch_score(config: ProjectConfig) -> BatchScoreResult:
     settings = config.batch
     if settings.input is None or settings.output is None:
         raise ConfigError("batch_score needs an input and an output: -P input=... -P output=...")
-    custom = config.require_custom_model()
-    uri = settings.model_uri or registry.alias_uri(custom.registered_model_name, custom.alias)
+    uri = scoring_model.model_to_use(config, settings.model_uri)
     threads = config.compute.resolved_threads()
     with (
         runs.project_run(config, BATCH_SCORE.name, None, BATCH_SCORE.summary) as run,

@@ -13,9 +13,11 @@ from mlflow.pyfunc import FLAVOR_NAME
 from mlflow.types import Schema
 
 from tabular_mlops.core.batch_sections import BatchConfig
+from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.errors import UserInputError
 from tabular_mlops.core.names import Artifact
 from tabular_mlops.core.plots import pyplot
+from tabular_mlops.mlflow import registry
 from tabular_mlops.mlflow.pipeline_model import declared_inputs
 
 # Keys of the custom model's model_config and request params this module relies on
@@ -48,6 +50,12 @@ class ScoringModel:
 
     def required_inputs(self) -> list[str]:
         return [str(name) for name in self.inputs.required_input_names()]
+
+
+def model_to_use(config: ProjectConfig, given: str | None) -> str:
+    """`given`, or the custom model's alias: what a job that scores uses by default."""
+    custom = config.require_custom_model()
+    return given or registry.alias_uri(custom.registered_model_name, custom.alias)
 
 
 def resolve_model(uri: str) -> ScoringModel:

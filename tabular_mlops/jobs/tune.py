@@ -327,11 +327,19 @@ def _storage_failed(error: BaseException) -> bool:
 
 def _fail_unfinished(study: optuna.Study, started: set[int]) -> None:
     """This process's trials the storage's failure left RUNNING, ended FAILED (another
-    process sharing the study would otherwise count them as running for good)."""
+    process sharing the study would otherwise count them as running for good), and their
+    MLflow runs with them (a run may have finished before its result was lost)."""
+    client = mlflow.MlflowClient()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.number in started:
-            with contextlib.suppress(optuna.exceptions.StorageInternalError):
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        if trial.number not in started:
+            continue
+        with contextlib.suppress(optuna.exceptions.StorageInternalError):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        if run_id := trial.user_attrs.get("mlflow_run_id"):
+            client.set_tag(
+                run_id, Tag.ERROR, "Optuna's storage failed before the trial's result was recorded"
+            )
+            client.set_terminated(run_id, Status.FAILED)
 
 
 class _Progress:
