@@ -1,20 +1,31 @@
 """End to end, with Spark: `batch_score --engine spark` answers exactly as the custom model
-does in process (Parquet parts without reasons, a CSV with reasons), and both registered
+does in process (Parquet parts without reasons, a CSV with reasons), on a local session and
+on a standalone cluster of this machine (test_support.spark_cluster), and both registered
 models answer through `mlflow.pyfunc.spark_udf` as they do in process.
 
 All in this process, in one JVM for the module: Spark's start-up is the cost here, not the
 rows (`mlflow run -e batch_score` itself is tested with the pandas engine)."""
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
+import yaml
 
+from steps import batch_score as batch_score_step
 from tabular_mlops.jobs.spark_engine import spark_session
-from tests.conftest import shipped_config, use_store
+from test_support.spark_cluster import standalone_cluster
+from tests.conftest import (
+    leave_no_run_behind,
+    point_mlflow_at,
+    shipped_config,
+    shipped_config_file,
+    use_store,
+)
 from tests.test_e2e_batch_score import (
     ROWS,
     Scoring,
@@ -35,6 +46,15 @@ from tests.test_e2e_clients import (
 )
 
 pytestmark = [pytest.mark.system, pytest.mark.spark]
+# The driver (this process) on loopback, where the workers reach it; small executors.
+CLUSTER_CONF = {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.executor.memory": "512m",
+    "spark.executor.cores": "1",
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,6 +120,40 @@ def test_the_spark_engine_reads_a_csv_and_explains_as_the_model_does(
     written = pd.read_parquet(output)
     assert_same_answers(written, in_process_answers(rows, {"explain": True}))
     assert all(len(reasons) == 3 for reasons in written["reasons"])
+
+
+def test_batch_score_on_a_standalone_cluster_answers_as_the_model_does(
+    scoring: Scoring,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`batch.spark.master` pointing at a Spark standalone cluster (a master and two
+    workers, JVMs of their own, from PySpark's scripts): the model travels to the executors
+    (MLflow's spark_udf ships the checked copy), input and output on this machine's disk
+    (a cluster's shared storage here); the answers are the model's own, to 1e-12."""
+    started = time.monotonic()
+    with standalone_cluster(tmp_path / "cluster") as master:
+        up = time.monotonic() - started
+        cluster_config = tmp_path / "cluster.yaml"
+        settings = {
+            "extends": str(shipped_config_file(scoring.directory)),
+            "batch": {"spark": {"master": master, "conf": CLUSTER_CONF}},
+        }
+        cluster_config.write_text(yaml.safe_dump(settings))
+        output = tmp_path / "scores-cluster"
+        argv = ["--config", str(cluster_config), "--input", str(scoring.parquet_parts)]
+        argv += ["--output", str(output), "--engine", "spark", "--threshold", "0.3"]
+        point_mlflow_at(scoring.directory, monkeypatch)
+        try:
+            assert batch_score_step.main(argv) == 0
+        finally:
+            leave_no_run_behind()
+    use_store(scoring.store)
+    assert_same_answers(
+        pd.read_parquet(output), in_process_answers(scoring.rows, {"threshold": 0.3})
+    )
+    assert the_run(scoring.store).data.metrics["rows"] == ROWS
+    print(f"cluster up in {up:.1f} s; the test took {time.monotonic() - started:.1f} s")
 
 
 def test_spark_udf_on_the_csv_as_spark_reads_it(

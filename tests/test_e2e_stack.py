@@ -66,7 +66,7 @@ CLASSIFIER = "churn-classifier"  # config/churn.yaml's registered models
 STEPS = ("train_basic", "track", "register", "custom_model")
 # Runs at once in the suite; `python -m bench.stack --concurrent 8` runs the figure the
 # team stack was built for (8).
-CONCURRENT_RUNS = 3
+CONCURRENT_RUNS = 2
 DENIED = r"PERMISSION_DENIED|403|[Pp]ermission denied"  # how MLflow reports a 403
 SPARK_CANARY = "canary-" + secrets.token_hex(8)
 
