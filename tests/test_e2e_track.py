@@ -19,11 +19,13 @@ def runs_of(entry_point: str) -> list[mlflow.entities.Run]:
     )
 
 
-def test_twenty_nested_trials_beat_the_untuned_model(project: Path, tmp_path: Path) -> None:
+def test_eight_nested_trials_beat_the_untuned_model(project: Path, tmp_path: Path) -> None:
+    # Eight: the seeded search's best beats the default from trial 8 on (20 in the README's
+    # figures; `mlflow run . -e track -P n_trials=20` reproduces them).
     store = new_store(tmp_path)
     untuned = mlflow_run(project, store, "train_basic")
     assert untuned.returncode == 0, untuned.stderr[-3000:]
-    tuned = mlflow_run(project, store, "track", "n_trials=20")
+    tuned = mlflow_run(project, store, "track", "n_trials=8")
     assert tuned.returncode == 0, tuned.stderr[-3000:]
     use_store(store)
 
@@ -31,7 +33,7 @@ def test_twenty_nested_trials_beat_the_untuned_model(project: Path, tmp_path: Pa
     runs = runs_of("track")
     (parent,) = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     trials = [run for run in runs if run is not parent]
-    assert len(trials) == 20
+    assert len(trials) == 8
     assert {run.data.tags["mlflow.parentRunId"] for run in trials} == {parent.info.run_id}
     assert {run.info.status for run in trials} == {"FINISHED"}
     assert parent.data.tags["mlflow.project.entryPoint"] == "track"
