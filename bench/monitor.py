@@ -1,0 +1,97 @@
+"""How fast `monitor` judges a batch, and in how much memory, beside `batch_score` on the
+same rows, in one run.
+
+    python -m bench.monitor [--rows 1000000] [--big-rows 3000000]
+
+In a temporary store (bench.batch's: `train_basic` and `custom_model` on the shipped
+config), `--rows` and `--big-rows` rows resampled from the shipped table with 2% nulls;
+each job is `python -m steps.<job>` as a process of its own: its run's duration, rows/s and
+the process's peak RSS. The pandas engine only: `monitor` has no Spark engine yet.
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import yaml
+
+from bench.batch import _PEAK_RSS_LAUNCHER, PROJECT_DIR, build_model, resampled
+from bench.serving import bench_config, temporary_store
+from tabular_mlops.cli.commands import configure_logging
+
+
+def job(step: str, config_path: Path, *arguments: str) -> dict[str, float]:
+    """`python -m steps.STEP` in a process of its own: its run's seconds, its peak RSS."""
+    command = [sys.executable, "-c", _PEAK_RSS_LAUNCHER, sys.executable, "-m", f"steps.{step}"]
+    command += ["--config", str(config_path), *arguments]
+    done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{step} failed:\n{done.stderr[-3000:]}")
+    (run,) = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"tags.entry_point = '{step}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    seconds = (run.info.end_time - run.info.start_time) / 1000
+    return {"seconds": seconds, "peak RSS MB": int(done.stdout.split()[-1]) / 1024}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--big-rows", type=int, default=3_000_000)
+    args = parser.parse_args(argv)
+    configure_logging()
+    started = time.monotonic()
+    figures: dict[str, dict[str, float]] = {}
+    with temporary_store("bench-monitor-") as directory:
+        config = bench_config(directory)
+        model_uri, _ = build_model(config)
+        settings = config.model_dump(mode="json")
+        settings["batch"] |= {"model_uri": model_uri}
+        settings["monitoring"] |= {"model_uri": model_uri}
+        config_path = directory / "bench.yaml"
+        config_path.write_text(yaml.safe_dump(settings))
+        for rows in (args.rows, args.big_rows):
+            source = directory / f"rows-{rows}.parquet"
+            resampled(rows, seed=rows).to_parquet(source, index=False)
+            scored = job(
+                "batch_score",
+                config_path,
+                "--input",
+                str(source),
+                "--output",
+                str(directory / f"out-{rows}"),
+            )
+            judged = job("monitor", config_path, "--input", str(source))
+            for name, measured in (("batch_score", scored), ("monitor", judged)):
+                figures[f"{name}, {rows:,} rows"] = measured | {
+                    "rows/s": rows / measured["seconds"]
+                }
+    table = pd.DataFrame(figures).T
+    small, big = f"{args.rows:,} rows", f"{args.big_rows:,} rows"
+    checks = {
+        "monitor rows/s / batch_score's (target >= 0.7)": table.loc[f"monitor, {small}", "rows/s"]
+        / table.loc[f"batch_score, {small}", "rows/s"],
+        f"monitor peak RSS MB at {small} (target <= 1024)": table.loc[
+            f"monitor, {small}", "peak RSS MB"
+        ],
+        f"monitor peak RSS at {big} / at {small} (target <= 1.10)": table.loc[
+            f"monitor, {big}", "peak RSS MB"
+        ]
+        / table.loc[f"monitor, {small}", "peak RSS MB"],
+    }
+    print("\n" + table.to_markdown(floatfmt=".1f"))
+    print("\n" + pd.Series(checks, name="value").to_frame().to_markdown(floatfmt=".2f"))
+    print(f"\nbench took {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
