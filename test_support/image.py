@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from test_support.servers import LOOPBACK, background_server, free_port
+from test_support.servers import LOOPBACK, PROJECT_DIR, background_server, free_port
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 DOCKERFILE = PROJECT_DIR / "deploy" / "model" / "Dockerfile"
 PROXY_TEMPLATE = PROJECT_DIR / "deploy" / "serving" / "nginx.conf.template"
 SERVING_COMPOSE = PROJECT_DIR / "deploy" / "serving" / "docker-compose.yml"
