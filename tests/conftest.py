@@ -65,6 +65,7 @@ NEEDS: dict[str, tuple[str, Callable[[], bool]]] = {
 # keeps both busy to the end.
 SLOWEST_MODULES = (
     "test_e2e_stack",
+    "test_monitor",
     "test_e2e_main",
     "test_faults",
     "test_e2e_train_basic",

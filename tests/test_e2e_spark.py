@@ -79,31 +79,6 @@ def stop_spark_jvm() -> None:
     SparkContext._gateway = SparkContext._jvm = None
 
 
-def test_the_spark_engine_answers_as_the_model_does(
-    scoring: Scoring,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    # Parquet parts, without reasons: the UDF leaves them out and a typed null is added.
-    output = tmp_path / "scores-spark"
-    args = ["--input", str(scoring.parquet_parts), "--output", str(output), "--engine", "spark"]
-    with caplog.at_level(logging.INFO):
-        assert score_in_process(scoring, monkeypatch, *args, "--threshold", "0.3") == 0
-    logged = caplog.text
-    for stage in ("reading", "scoring and writing", "summing up"):
-        assert f"spark: {stage}" in logged
-    use_store(scoring.store)
-    expected_answers = in_process_answers(scoring.rows, {"threshold": 0.3})
-    written = pd.read_parquet(output)
-    assert_same_answers(written, expected_answers)
-    assert written["reasons"].isna().all()
-    run = the_run(scoring.store)
-    assert run.info.status == "FINISHED"
-    assert run.data.metrics["rows"] == ROWS
-    assert run.data.metrics["decision_rate"] == pytest.approx(expected_answers["decision"].mean())
-
-
 def test_the_spark_engine_reads_a_csv_and_explains_as_the_model_does(
     scoring: Scoring,  # noqa: F811
     tmp_path: Path,
@@ -126,11 +101,14 @@ def test_batch_score_on_a_standalone_cluster_answers_as_the_model_does(
     scoring: Scoring,  # noqa: F811
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """`batch.spark.master` pointing at a Spark standalone cluster (a master and two
     workers, JVMs of their own, from PySpark's scripts): the model travels to the executors
     (MLflow's spark_udf ships the checked copy), input and output on this machine's disk
-    (a cluster's shared storage here); the answers are the model's own, to 1e-12."""
+    (a cluster's shared storage here); the answers are the model's own, to 1e-12. Parquet
+    parts, without reasons: the UDF leaves them out and a typed null is added. (The next
+    test runs the engine on a local session.)"""
     started = time.monotonic()
     with standalone_cluster(tmp_path / "cluster") as master:
         up = time.monotonic() - started
@@ -145,14 +123,21 @@ def test_batch_score_on_a_standalone_cluster_answers_as_the_model_does(
         argv += ["--output", str(output), "--engine", "spark", "--threshold", "0.3"]
         point_mlflow_at(scoring.directory, monkeypatch)
         try:
-            assert batch_score_step.main(argv) == 0
+            with caplog.at_level(logging.INFO):
+                assert batch_score_step.main(argv) == 0
         finally:
             leave_no_run_behind()
+    for stage in ("reading", "scoring and writing", "summing up"):
+        assert f"spark: {stage}" in caplog.text
     use_store(scoring.store)
-    assert_same_answers(
-        pd.read_parquet(output), in_process_answers(scoring.rows, {"threshold": 0.3})
-    )
-    assert the_run(scoring.store).data.metrics["rows"] == ROWS
+    expected_answers = in_process_answers(scoring.rows, {"threshold": 0.3})
+    written = pd.read_parquet(output)
+    assert_same_answers(written, expected_answers)
+    assert written["reasons"].isna().all()
+    run = the_run(scoring.store)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["rows"] == ROWS
+    assert run.data.metrics["decision_rate"] == pytest.approx(expected_answers["decision"].mean())
     print(f"cluster up in {up:.1f} s; the test took {time.monotonic() - started:.1f} s")
 
 

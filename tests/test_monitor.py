@@ -167,7 +167,7 @@ def test_a_drifted_night_retrains_through_the_gate(
     command = [sys.executable, "-m", "tabular_mlops.cli.nightly"]
     command += ["--input", str(tmp_path / "night.csv"), "--labels", str(tmp_path / "outcomes.csv")]
     command += ["--output", str(tmp_path / "scores"), "--config", "tests/fast.yaml"]
-    command += ["-P", "n_trials=2", "-P", "check_env_manager=none"]
+    command += ["-P", "n_trials=1", "-P", "check_env_manager=none"]
     done = subprocess.run(
         command,
         cwd=project,
