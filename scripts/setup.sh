@@ -12,6 +12,7 @@ if [ -z "$python" ] || ! "$python" -c 'import sys; sys.exit(sys.version_info[:2]
     exit 1
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+source scripts/wheelhouse.sh
 
 # requirements.lock pins every package, transitive ones too; after changing pyproject.toml:
 #   uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 -o requirements.lock

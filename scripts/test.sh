@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 source .venv/bin/activate
+source scripts/wheelhouse.sh
 # What some tests need from the system, installed as root when missing (otherwise those
 # tests are skipped with a reason, or fail under CI=true): PostgreSQL for the team stack
 # (`postgres`), a Java runtime for Spark (`spark`), chromium for MLflow's UI (`browser`),

@@ -7,4 +7,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup.sh
 source .venv/bin/activate
+source scripts/wheelhouse.sh
 exec mlflow run . -e train_basic --env-manager "${ENV_MANAGER:-local}" --experiment-name churn "$@"
