@@ -1,7 +1,8 @@
 """End to end, with Spark: `batch_score --engine spark` answers exactly as the custom model
 does in process (Parquet parts without reasons, a CSV with reasons), on a local session and
-on a standalone cluster of this machine (test_support.spark_cluster), and both registered
-models answer through `mlflow.pyfunc.spark_udf` as they do in process.
+on a standalone cluster of this machine (test_support.spark_cluster), where `monitor
+--engine spark` gives the pandas engine's figures; and both registered models answer
+through `mlflow.pyfunc.spark_udf` as they do in process.
 
 All in this process, in one JVM for the module: Spark's start-up is the cost here, not the
 rows (`mlflow run -e batch_score` itself is tested with the pandas engine)."""
@@ -12,11 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from steps import batch_score as batch_score_step
+from steps import monitor as monitor_step
+from tabular_mlops.core.names import Tag
 from tabular_mlops.jobs.spark_engine import spark_session
 from test_support.spark_cluster import standalone_cluster
 from tests.conftest import (
@@ -27,6 +31,7 @@ from tests.conftest import (
     use_store,
 )
 from tests.test_e2e_batch_score import (
+    ID,
     ROWS,
     Scoring,
     assert_same_answers,
@@ -122,13 +127,29 @@ def test_batch_score_on_a_standalone_cluster_answers_as_the_model_does(
         argv = ["--config", str(cluster_config), "--input", str(scoring.parquet_parts)]
         argv += ["--output", str(output), "--engine", "spark", "--threshold", "0.3"]
         point_mlflow_at(scoring.directory, monkeypatch)
+        labels = tmp_path / "outcomes.csv"
+        outcomes = np.random.default_rng(0).random(ROWS) < 0.3  # any will do: both engines
+        scoring.rows[[ID]].assign(churn=np.where(outcomes, "Yes", "No")).to_csv(labels)
+        monitoring = ["--config", str(cluster_config), "--input", str(scoring.parquet_parts)]
+        monitoring += ["--labels", str(labels)]
         try:
             with caplog.at_level(logging.INFO):
                 assert batch_score_step.main(argv) == 0
+                assert monitor_step.main([*monitoring, "--engine", "spark"]) == 0
         finally:
             leave_no_run_behind()
-    for stage in ("reading", "scoring and writing", "summing up"):
+        assert monitor_step.main([*monitoring, "--engine", "pandas"]) == 0
+        leave_no_run_behind()
+    for stage in ("reading", "scoring and writing", "summing up", "scoring and counting"):
         assert f"spark: {stage}" in caplog.text
+    on_spark, on_pandas = monitor_runs(scoring.store)
+    assert on_spark.data.tags[Tag.VERDICT] == on_pandas.data.tags[Tag.VERDICT]
+    assert on_spark.data.tags[Tag.VERDICT_REASONS] == on_pandas.data.tags[Tag.VERDICT_REASONS]
+    figures = on_pandas.data.metrics
+    assert figures["rows"] == ROWS and figures["labelled_rows"] == ROWS
+    assert on_spark.data.metrics.keys() == figures.keys() and len(figures) > 80
+    for name, value in on_spark.data.metrics.items():
+        assert value == pytest.approx(figures[name], abs=1e-9), name
     use_store(scoring.store)
     expected_answers = in_process_answers(scoring.rows, {"threshold": 0.3})
     written = pd.read_parquet(output)
@@ -139,6 +160,16 @@ def test_batch_score_on_a_standalone_cluster_answers_as_the_model_does(
     assert run.data.metrics["rows"] == ROWS
     assert run.data.metrics["decision_rate"] == pytest.approx(expected_answers["decision"].mean())
     print(f"cluster up in {up:.1f} s; the test took {time.monotonic() - started:.1f} s")
+
+
+def monitor_runs(tracking_store: str) -> list[mlflow.entities.Run]:
+    use_store(tracking_store)
+    return mlflow.search_runs(
+        experiment_names=["churn"],
+        filter_string=f"tags.{Tag.ENTRY_POINT} = 'monitor'",
+        order_by=["attributes.start_time ASC"],
+        output_format="list",
+    )
 
 
 def test_spark_udf_on_the_csv_as_spark_reads_it(

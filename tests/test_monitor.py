@@ -124,7 +124,7 @@ def test_honest_outcomes_raise_no_realized_alarm(store: Path) -> None:
 @pytest.mark.parametrize(
     ("case", "line"),
     [
-        ("missing column", "lacks column(s) the model was trained on: tenure"),
+        ("missing column", "lacks required column(s): tenure"),
         ("labels match nothing", "no row's customer_id matches a row of"),
     ],
 )

@@ -11,13 +11,18 @@ from sklearn.metrics import roc_auc_score
 
 from tabular_mlops.core import data
 from tabular_mlops.core.monitoring import (
+    SCORE_COLUMN,
     Profile,
     Realized,
     Thresholds,
     Verdict,
     bootstrap,
+    count,
+    count_frames,
     drift,
+    from_counted_rows,
     judge,
+    numeric_shares,
     profile,
 )
 from tabular_mlops.core.sections import DataConfig, SplitConfig
@@ -58,7 +63,9 @@ def test_twenty_resamples_of_the_held_out_split_raise_no_retrain_and_one_warn_at
     verdicts = []
     for seed in range(20):
         batch = resample(parts.X_test, seed)
-        verdicts.append(judge(drift(reference, batch, score(batch)), [], LIMITS).verdict)
+        verdicts.append(
+            judge(drift(reference, count(reference, batch, score(batch))), [], LIMITS).verdict
+        )
     assert Verdict.RETRAIN not in verdicts
     assert verdicts.count(Verdict.WARN) <= 1, verdicts
 
@@ -71,7 +78,7 @@ def test_a_shifted_charge_a_new_category_and_more_missing_values_each_raise_retr
     batch["contract"] = batch["contract"].astype(object).replace("Two year", "Three year")
     gaps = np.random.default_rng(0).random(len(batch)) < 0.2
     batch.loc[gaps, "tenure"] = np.nan
-    judgement = judge(drift(reference, batch, score(batch)), [], LIMITS)
+    judgement = judge(drift(reference, count(reference, batch, score(batch))), [], LIMITS)
     assert judgement.verdict == Verdict.RETRAIN
     retrain = " ".join(r for r in judgement.reasons if r.startswith("retrain"))
     assert "monthly_charges PSI" in retrain
@@ -113,6 +120,55 @@ def test_the_profile_round_trips_through_json_and_holds_no_row(reference: Profil
 def test_discrete_columns_do_not_drift_against_themselves(
     parts: data.Split, reference: Profile
 ) -> None:
-    found = {d.feature: d for d in drift(reference, parts.X_train, None)}
+    found = {d.feature: d for d in drift(reference, count(reference, parts.X_train, None))}
     for name in ("senior_citizen", "female", "tenure", "contract"):
         assert found[name].psi < 1e-6 and found[name].distance < 0.02, found[name]
+
+
+def test_a_batch_counted_in_parts_adds_up_to_the_batch_counted_whole(
+    parts: data.Split, reference: Profile
+) -> None:
+    """What lets pandas stream a batch and Spark count it by partition: the same figures."""
+    batch = resample(parts.X_test, 5, rows=3000)
+    batch.loc[batch.index[::7], "monthly_charges"] = np.nan
+    whole = count(reference, batch, score(batch))
+    pieces = [batch.iloc[start : start + 700] for start in range(0, len(batch), 700)]
+    summed = sum((count(reference, piece, score(piece)) for piece in pieces[1:]),
+                 count(reference, pieces[0], score(pieces[0])))  # fmt: skip
+    assert summed.rows == whole.rows == 3000
+    assert summed.features.keys() == whole.features.keys()
+    for name, counts in whole.features.items():
+        assert np.array_equal(summed.features[name], counts), name
+    assert drift(reference, summed) == drift(reference, whole)
+
+
+def test_the_counts_give_the_shares_a_direct_binning_gives(
+    parts: data.Split, reference: Profile
+) -> None:
+    batch = resample(parts.X_test, 6)
+    counted = count(reference, batch, None)
+    for name in ("tenure", "monthly_charges", "total_charges"):
+        values = pd.to_numeric(batch[name], errors="coerce").dropna().to_numpy()
+        edges = np.asarray(reference.numeric[name].edges)
+        direct = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+        shares = numeric_shares(reference.numeric[name], counted.features[name])
+        assert np.allclose(shares, direct / len(values), atol=1e-15), name
+    contract = {d.feature: d for d in drift(reference, counted)}["contract"]
+    assert contract.missing_rate == batch["contract"].isna().mean()
+
+
+def test_counted_rows_summed_by_feature_and_slot_give_the_counts_back(
+    parts: data.Split, reference: Profile
+) -> None:
+    """What the Spark engine does: count_frames per partition, a groupBy sum, then
+    from_counted_rows; here the partitions are slices and the groupBy is pandas'."""
+    batch = resample(parts.X_test, 7, rows=2000).assign(**{SCORE_COLUMN: lambda f: score(f)})
+    partitions = [[batch.iloc[:500], batch.iloc[500:900]], [], [batch.iloc[900:]]]
+    rows = pd.concat(
+        [frame for part in partitions for frame in count_frames(reference, iter(part))]
+    )
+    sums = rows.groupby(["feature", "slot"], dropna=False)["count"].sum().reset_index()
+    counts = from_counted_rows(
+        reference, [(None if pd.isna(f) else f, s, n) for f, s, n in sums.itertuples(index=False)]
+    )
+    assert drift(reference, counts) == drift(reference, count(reference, batch, score(batch)))

@@ -46,6 +46,9 @@ class MonitoringConfig(_Section):
     labels: Path | None = None  # id columns and the target, for the same rows
     # None: the custom model's alias, models:/<custom_model.registered_model_name>@<alias>.
     model_uri: str | None = None
+    # pandas: batches on this machine; spark: by partition, on `batch.spark`'s session or
+    # cluster (`batch.batch_rows` rows per model call in both).
+    engine: Literal["pandas", "spark"] = "pandas"
     # (warn, retrain): effect sizes past which the verdict is raised.
     psi: Bounds = (0.1, 0.25)  # population stability index on the reference's bins
     distance: Bounds = (0.1, 0.2)  # Kolmogorov-Smirnov (numbers), Jensen-Shannon (categories)

@@ -191,6 +191,7 @@ MONITOR = EntryPoint(
         ),
         _p("labels", TEXT, "monitoring.labels", "id columns and the target of the same rows"),
         _p("model_uri", TEXT, "monitoring.model_uri", "unset: the custom model's alias"),
+        _p("engine", TEXT, "monitoring.engine", "pandas or spark"),
     ),
 )
 STEPS = (TRAIN_BASIC, TRACK, REGISTER, CUSTOM_MODEL)

@@ -2,9 +2,11 @@
 judged against the profile logged with the model at training time (core.monitoring).
 
 The model is the custom model's alias unless told otherwise, pinned to its version; its
-profile is the one its pipeline's training run logged. The batch is scored by the checked
-model (the probabilities it serves), each profiled column and the scores are compared with
-the reference, realized metrics are computed when labels are given, and a `monitor` run
+profile is the one its pipeline's training run logged. The batch is read and typed as
+`batch_score` reads it and scored by the checked model (the probabilities it serves), with
+pandas in batches or with Spark by partition (jobs.pandas_engine, jobs.spark_engine); each
+profiled column and the scores are counted against the reference and compared with it,
+realized metrics are computed when labels are given, and a `monitor` run
 records it all: per-feature metrics (charted night after night in MLflow's UI), the tags
 `verdict` (ok, warn, retrain) and `verdict_reasons`, the run's description, a table, plots
 of the most drifted features and an HTML report.
@@ -14,13 +16,10 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.data.digest_utils import compute_pandas_digest
-from mlflow.pyfunc import PyFuncModel
 from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
 from tabular_mlops.core import monitoring
@@ -28,9 +27,9 @@ from tabular_mlops.core.batch_sections import MonitoringConfig
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.errors import ConfigError, DataError, UserInputError
 from tabular_mlops.core.names import Artifact, Tag
-from tabular_mlops.core.tables import read_table
-from tabular_mlops.jobs import scoring_model
+from tabular_mlops.jobs import score_io, scoring_model
 from tabular_mlops.jobs.entry_points import MONITOR
+from tabular_mlops.jobs.pandas_engine import count_with_pandas
 from tabular_mlops.mlflow import datasets, monitoring_report, registry, runs
 from tabular_mlops.mlflow.model_trust import LoadPolicy
 
@@ -56,6 +55,7 @@ def monitor(config: ProjectConfig) -> MonitorResult:
     if settings.input is None:
         raise ConfigError("monitor needs a batch: -P input=... (a CSV or Parquet table)")
     uri = scoring_model.model_to_use(config, settings.model_uri)
+    threads = config.compute.resolved_threads()
     with (
         runs.project_run(config, MONITOR.name, None, MONITOR.summary) as run,
         tempfile.TemporaryDirectory(prefix="monitored-model-") as scratch,
@@ -64,32 +64,43 @@ def monitor(config: ProjectConfig) -> MonitorResult:
         model = scoring_model.resolve_model(uri)
         mlflow.set_tag(Tag.MONITORED_MODEL, model.uri)
         reference = reference_profile(model.uri)
-        batch = read_table(settings.input)
-        datasets.log_file_input(settings.input, compute_pandas_digest(batch), "monitoring")
-        if missing := [column for column in reference.columns if column not in batch.columns]:
+        target = reference.target or config.data.target
+        ids = config.data.id_columns if settings.labels else []
+        source = score_io.open_input(settings.input, model.inputs, ids)
+        labels = score_io.open_labels(settings.labels, ids, target) if settings.labels else None
+        datasets.log_file_input(source.path, source.digest, "monitoring")
+        if missing := [c for c in reference.columns if c not in source.schema.names]:
             raise DataError(
                 f"{settings.input} lacks column(s) the model was trained on: {', '.join(missing)}"
             )
-        if batch.empty:
-            logger.warning("%s has no rows: nothing to judge", settings.input)
-            judgement = monitoring.Judgement(monitoring.Verdict.OK, ["ok: the batch is empty"])
-            _record(judgement, model.uri, len(batch))
-            return MonitorResult(run.info.run_id, model.uri, judgement.verdict, judgement.reasons)
         checked = LoadPolicy.of(config).checked(model.uri, Path(scratch))
         with checked.loading() as model_dir:
-            served = mlflow.pyfunc.load_model(str(model_dir))
-            scores = _scores(served, batch, model.max_rows)
-        drifts = monitoring.drift(reference, batch, scores)
-        realized = _realized(config, settings, reference, batch, scores) if settings.labels else []
+            if settings.engine == "spark":
+                from tabular_mlops.jobs.spark_engine import count_with_spark  # starts a JVM
+
+                count = count_with_spark
+            else:
+                count = count_with_pandas
+            tally = count(reference, model, model_dir, source, labels, config.batch, threads)
+        rows = tally.counts.rows
+        if not rows:
+            logger.warning("%s has no rows: nothing to judge", settings.input)
+            judgement = monitoring.Judgement(monitoring.Verdict.OK, ["ok: the batch is empty"])
+            _record(judgement, model.uri, rows)
+            return MonitorResult(run.info.run_id, model.uri, judgement.verdict, judgement.reasons)
+        drifts = monitoring.drift(reference, tally.counts)
+        realized = []
+        if labels is not None:
+            realized = _realized(settings, reference, tally.labelled, ids, target)
         judgement = monitoring.judge(drifts, realized, _thresholds(settings))
-        _record(judgement, model.uri, len(batch))
+        _record(judgement, model.uri, rows)
         monitoring_report.log(
-            reference, batch, scores, drifts, realized, judgement, model.uri, settings
+            reference, tally.counts, drifts, realized, judgement, model.uri, settings
         )
     logger.info(
         "%s, %d rows judged against %s's profile: %s%s",
         settings.input,
-        len(batch),
+        rows,
         model.uri,
         judgement.verdict.value,
         "".join(f"\n  {reason}" for reason in judgement.reasons),
@@ -117,56 +128,35 @@ def reference_profile(model_uri: str) -> monitoring.Profile:
     return monitoring.Profile.from_dict(logged)
 
 
-def _scores(model: PyFuncModel, batch: pd.DataFrame, max_rows: int) -> np.ndarray:
-    """The probabilities the model serves for each row, `max_rows` rows at a time."""
-    parts = []
-    for start in range(0, len(batch), max_rows):
-        answer: Any = model.predict(batch.iloc[start : start + max_rows])
-        parts.append(np.asarray(answer["probability"], dtype=np.float64))
-    return np.concatenate(parts)
-
-
 def _realized(
-    config: ProjectConfig,
     settings: MonitoringConfig,
     reference: monitoring.Profile,
-    batch: pd.DataFrame,
-    scores: np.ndarray,
+    labelled: pd.DataFrame | None,
+    ids: list[str],
+    target: str,
 ) -> list[monitoring.Realized]:
-    """The model's metrics on the batch's rows the labels table names, with intervals."""
-    assert settings.labels is not None
-    labels = read_table(settings.labels)
-    ids = config.data.id_columns
-    target = reference.target or config.data.target
-    if missing := [c for c in [*ids, target] if c not in labels.columns]:
-        raise DataError(f"labels {settings.labels} lack column(s): {', '.join(missing)}")
-    if missing := [c for c in ids if c not in batch.columns]:
-        raise DataError(
-            f"{settings.input} lacks the id column(s) labels join on: {', '.join(missing)}"
-        )
-    scored = batch[ids].assign(__score__=scores)
-    joined = scored.merge(labels[[*ids, target]].dropna(subset=[target]), on=ids, how="inner")
-    if joined.empty:
+    """The model's metrics on the batch's rows the labels matched, with intervals."""
+    if labelled is None or labelled.empty:
         raise DataError(
             f"labels {settings.labels}: no row's {', '.join(ids)} matches a row of {settings.input}"
         )
-    truth = joined[target].astype(str).isin(reference.positive).to_numpy().astype(int)
+    labelled = labelled.dropna(subset=[target])
+    truth = labelled[target].astype(str).isin(reference.positive).to_numpy().astype(int)
     if truth.min() == truth.max():
         raise DataError(f"labels {settings.labels}: the matched rows hold one class only")
+    scores = labelled[monitoring.SCORE_COLUMN].to_numpy(dtype=np.float64)
     found = []
     for name, metric in REALIZED:
-        value, low, high = monitoring.bootstrap(
-            metric, truth, joined["__score__"].to_numpy(), settings.bootstrap_rounds
-        )
+        value, low, high = monitoring.bootstrap(metric, truth, scores, settings.bootstrap_rounds)
         found.append(
             monitoring.Realized(name, value, low, high, reference.metrics.get(name, value))
         )
-    probabilities = np.clip(joined["__score__"].to_numpy(), 1e-7, 1 - 1e-7)
+    probabilities = np.clip(scores, 1e-7, 1 - 1e-7)
     mlflow.log_metrics(
         {
             "realized_log_loss": float(log_loss(truth, probabilities, labels=[0, 1])),
             "realized_calibration_gap": float(probabilities.mean() - truth.mean()),
-            "labelled_rows": float(len(joined)),
+            "labelled_rows": float(len(labelled)),
         }
     )
     return found

@@ -1,17 +1,20 @@
-"""The pandas engine of batch scoring: the input streamed in batches through the model
-loaded in this process, Parquet parts written as it goes: memory stays flat however long
-the input."""
+"""The pandas engine of `batch_score` and `monitor`: the input streamed in batches through
+the model loaded in this process, Parquet parts written (or counts added up) as it goes:
+memory stays flat however long the input."""
 
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tabular_mlops.core import monitoring
 from tabular_mlops.core.batch_sections import BatchConfig
 from tabular_mlops.core.errors import DataError
 from tabular_mlops.jobs.score_io import PartWriter, ScoringInput, output_schema
@@ -64,6 +67,37 @@ def score_with_pandas(
             )
             _log_progress(number, summary.rows, total, time.perf_counter() - started)
     return summary
+
+
+def count_with_pandas(
+    reference: monitoring.Profile,
+    model: ScoringModel,
+    model_dir: Path,
+    source: ScoringInput,
+    labels: ScoringInput | None,
+    settings: BatchConfig,
+    threads: int,
+) -> monitoring.Tally:
+    """`source` scored by the model's checked copy in `model_dir` and counted against
+    `reference`, batch by batch; with `labels`, each row's score joined to its outcome."""
+    pa.set_cpu_count(threads)
+    pyfunc = mlflow.pyfunc.load_model(str(model_dir))
+    counts = monitoring.Counts()
+    scored = []
+    for batch in _batches(source, batch_rows(settings, model)):
+        frame = batch.select(list(source.features)).to_pandas()
+        answers: Any = pyfunc.predict(frame)
+        scores = np.asarray(answers[PROBABILITY], dtype=np.float64)
+        counts += monitoring.count(reference, frame, scores)
+        if labels is not None:
+            ids = batch.select(list(source.id_columns)).to_pandas()
+            scored.append(ids.assign(**{monitoring.SCORE_COLUMN: scores}))
+    if labels is None or not scored:
+        return monitoring.Tally(counts, None)
+    outcomes = labels.dataset().to_table(columns=labels.schema.names).to_pandas()
+    joined = pd.concat(scored).merge(outcomes, on=list(labels.id_columns), how="inner")
+    order = [*labels.id_columns, monitoring.SCORE_COLUMN]
+    return monitoring.Tally(counts, joined.sort_values(order, kind="stable", ignore_index=True))
 
 
 def _row_count(source: ScoringInput) -> int | None:

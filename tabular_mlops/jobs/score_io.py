@@ -64,8 +64,31 @@ class ScoringInput:
 def open_input(path: Path, inputs: Schema, id_columns: list[str]) -> ScoringInput:
     """Check `path` (a CSV or Parquet file, or a folder of Parquet parts) before any
     scoring: readable, holding the id columns and every input the model requires."""
+    features = [str(name) for name in inputs.input_names()]
+    types = {str(spec.name): arrow_type(spec.type) for spec in inputs.inputs}
+    form, dataset = _open(path, types, "input")
+    found = dataset.schema
+    required = [*id_columns, *map(str, inputs.required_input_names())]
+    if missing := [name for name in required if name not in found.names]:
+        raise DataError(f"input {path} lacks required column(s): {', '.join(missing)}")
+    columns = [*id_columns, *(name for name in features if name in found.names)]
+    return _checked(path, form, dataset, columns, types, id_columns, features)
+
+
+def open_labels(path: Path, id_columns: list[str], target: str) -> ScoringInput:
+    """Check a table of outcomes (`monitor`'s labels) as an input is checked: its id
+    columns and the target, typed as found."""
+    form, dataset = _open(path, {}, "labels")
+    if missing := [c for c in [*id_columns, target] if c not in dataset.schema.names]:
+        raise DataError(f"labels {path} lack column(s): {', '.join(missing)}")
+    return _checked(path, form, dataset, [*id_columns, target], {}, id_columns, [])
+
+
+def _open(
+    path: Path, types: dict[str, pa.DataType], what: str
+) -> tuple[Literal["csv", "parquet"], ds.Dataset]:
     if not path.exists():
-        raise DataError(f"input not found: {path}")
+        raise DataError(f"{what} not found: {path}")
     form: Literal["csv", "parquet"]
     if path.is_dir():
         form = "parquet"
@@ -74,18 +97,23 @@ def open_input(path: Path, inputs: Schema, id_columns: list[str]) -> ScoringInpu
     elif path.suffix.lower() in (".parquet", ".pq"):
         form = "parquet"
     else:
-        raise DataError(f"input {path}: use a .csv or .parquet file, or a folder of Parquet parts")
-    features = [str(name) for name in inputs.input_names()]
-    types = {str(spec.name): arrow_type(spec.type) for spec in inputs.inputs}
+        raise DataError(f"{what} {path}: use a .csv or .parquet file, or a folder of Parquet parts")
     try:
-        dataset = _dataset(path, form, None, types)
+        return form, _dataset(path, form, None, types)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"cannot read input {path}: {' '.join(str(error).split())}") from None
+        raise DataError(f"cannot read {what} {path}: {' '.join(str(error).split())}") from None
+
+
+def _checked(
+    path: Path,
+    form: Literal["csv", "parquet"],
+    dataset: ds.Dataset,
+    columns: list[str],
+    types: dict[str, pa.DataType],
+    id_columns: list[str],
+    features: list[str],
+) -> ScoringInput:
     found = dataset.schema
-    required = [*id_columns, *map(str, inputs.required_input_names())]
-    if missing := [name for name in required if name not in found.names]:
-        raise DataError(f"input {path} lacks required column(s): {', '.join(missing)}")
-    columns = [*id_columns, *(name for name in features if name in found.names)]
     schema = pa.schema(
         [pa.field(name, types.get(name, found.field(name).type)) for name in columns]
     )

@@ -1,19 +1,24 @@
-"""The Spark engine of batch scoring: the same model, as a Spark UDF, on a local session
-or a cluster. Imported only when `batch.engine` is spark (PySpark starts a JVM)."""
+"""The Spark engine of `batch_score` and `monitor`: the same model, as a Spark UDF, on a
+local session or a cluster. Imported only when an engine is spark (PySpark starts a JVM)."""
 
+import functools
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 import pyarrow as pa
+from pyspark import StorageLevel, cloudpickle
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_type
-from pyspark.sql.types import StructField, StructType
+from pyspark.sql.types import DoubleType, StructField, StructType
 
+from tabular_mlops.core import monitoring
 from tabular_mlops.core.batch_sections import BatchConfig, SparkConfig
 from tabular_mlops.jobs.score_io import ScoringInput, output_schema
 from tabular_mlops.jobs.scoring_model import (
@@ -63,6 +68,19 @@ def spark_session(config: SparkConfig, threads: int) -> SparkSession:
     return session
 
 
+@contextmanager
+def _session(settings: BatchConfig, threads: int) -> Iterator[SparkSession]:
+    logger.info("spark: starting a session (%s)", settings.spark.master or f"local[{threads}]")
+    spark = spark_session(settings.spark, threads)
+    try:
+        yield spark
+    finally:
+        try:
+            spark.stop()
+        except Exception as error:  # its JVM killed already, after an interrupt
+            logger.warning("spark: could not stop the session: %s", error)
+
+
 def score_with_spark(
     model: ScoringModel,
     model_dir: Path,
@@ -73,9 +91,7 @@ def score_with_spark(
 ) -> ScoreSummary:
     """Score with `mlflow.pyfunc.spark_udf` and write the answers with Spark; the summary
     comes from one aggregation over the written output."""
-    logger.info("spark: starting a session (%s)", settings.spark.master or f"local[{threads}]")
-    spark = spark_session(settings.spark, threads)
-    try:
+    with _session(settings, threads) as spark:
         # Each Arrow batch a Python worker gets is one call to the model: within max_rows.
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", batch_rows(settings, model))
         schema = output_schema(model.outputs, source)
@@ -109,11 +125,64 @@ def score_with_spark(
         scored.select(*schema.names).write.mode("overwrite").parquet(str(staging))
         logger.info("spark: summing up the answers")
         return _summary(spark.read.parquet(str(staging)))
-    finally:
-        try:
-            spark.stop()
-        except Exception as error:  # its JVM killed already, after an interrupt
-            logger.warning("spark: could not stop the session: %s", error)
+
+
+def count_with_spark(
+    reference: monitoring.Profile,
+    model: ScoringModel,
+    model_dir: Path,
+    source: ScoringInput,
+    labels: ScoringInput | None,
+    settings: BatchConfig,
+    threads: int,
+) -> monitoring.Tally:
+    """`monitor` on Spark: the scores from `mlflow.pyfunc.spark_udf`, the counts made in
+    each partition by the pandas engine's own code (core.monitoring.count_frames) and
+    summed by a groupBy: only the sums reach the driver, and they equal the pandas
+    engine's. With `labels`, the matched rows' ids, scores and outcomes are collected."""
+    # The counting code travels by value: executors need the model's packages only.
+    cloudpickle.register_pickle_by_value(monitoring)
+    with _session(settings, threads) as spark:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", batch_rows(settings, model))
+        udf = mlflow.pyfunc.spark_udf(
+            spark,
+            str(model_dir),
+            result_type=StructType([StructField(PROBABILITY, DoubleType())]),
+            env_manager="local",
+        )
+        logger.info("spark: reading %s (%s)", source.path, source.format)
+        answer = udf(*[F.col(name) for name in source.features])
+        scored = _read(spark, source).withColumn(
+            monitoring.SCORE_COLUMN, answer.getField(PROBABILITY)
+        )
+        if labels is not None:  # scored once, for the counts and the join
+            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
+        logger.info("spark: scoring and counting against the reference")
+        profiled = scored.select(
+            *[F.col(f"`{name}`") for name in reference.columns], monitoring.SCORE_COLUMN
+        )
+        sums = (
+            profiled.mapInPandas(
+                functools.partial(monitoring.count_frames, reference),
+                "feature string, slot int, count long",
+            )
+            .groupBy("feature", "slot")
+            .agg(F.sum("count").alias("count"))
+            .collect()
+        )
+        counts = monitoring.from_counted_rows(reference, sums)
+        if labels is None:
+            return monitoring.Tally(counts, None)
+        ids = list(labels.id_columns)
+        logger.info("spark: joining the outcomes %s", labels.path)
+        joined = (
+            scored.select(*ids, monitoring.SCORE_COLUMN)
+            .join(_read(spark, labels), on=ids, how="inner")
+            .orderBy(*ids, monitoring.SCORE_COLUMN)
+            .toPandas()
+        )
+        scored.unpersist()
+        return monitoring.Tally(counts, joined)
 
 
 def _read(spark: SparkSession, source: ScoringInput) -> DataFrame:

@@ -27,8 +27,7 @@ def metric_key(figure: str, feature: str) -> str:
 
 def log(
     reference: monitoring.Profile,
-    batch: pd.DataFrame,
-    scores: np.ndarray,
+    counts: monitoring.Counts,
     drifts: list[monitoring.FeatureDrift],
     realized: list[monitoring.Realized],
     judgement: monitoring.Judgement,
@@ -52,41 +51,37 @@ def log(
     mlflow.log_metrics(metrics)
     mlflow.log_text(table.to_csv(index=False), Artifact.MONITOR_TABLE)
     plotted = [f for f in table["feature"] if f != "score"][: settings.plotted_features]
-    figures = {"score": _figure(reference.scores, pd.Series(scores), "model score")}
+    figures = {}
+    if counts.scores is not None:
+        figures["score"] = _figure(reference.scores, counts.scores, "model score")
     for name in plotted:
         shown = reference.numeric.get(name) or reference.categorical[name]
-        figures[name] = _figure(shown, batch[name], name)
+        figures[name] = _figure(shown, counts.features[name], name)
     for name, png in figures.items():
         mlflow.log_image(_image(png), f"{Artifact.MONITOR_PLOTS}/{_UNSAFE.sub('_', name)}.png")
     mlflow.log_text(
-        _report(table, realized, judgement, model_uri, len(batch), figures), Artifact.MONITOR_REPORT
+        _report(table, realized, judgement, model_uri, counts.rows, figures),
+        Artifact.MONITOR_REPORT,
     )
 
 
 def _figure(
     reference: monitoring.NumericReference | monitoring.CategoricalReference,
-    values: pd.Series,
+    counts: np.ndarray,
     title: str,
 ) -> bytes:
     """The reference's shares beside the batch's, bin by bin (category by category)."""
     plt = pyplot()
     if isinstance(reference, monitoring.NumericReference):
-        present = pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
-        edges = np.asarray(reference.edges)
-        counts = np.bincount(
-            np.searchsorted(edges, present, side="right"), minlength=len(edges) + 1
-        )
-        labels = [f"< {edges[0]:.3g}", *[f"{e:.3g}+" for e in edges]] if len(edges) else ["all"]
-        expected, actual = reference.shares, counts / max(counts.sum(), 1)
+        edges = reference.edges
+        labels = [f"< {edges[0]:.3g}", *[f"{e:.3g}+" for e in edges]] if edges else ["all"]
+        expected = reference.shares
+        actual = list(monitoring.numeric_shares(reference, counts))
     else:
-        present = values.dropna().astype(str)
-        labels = list(reference.shares)
-        counts = present.value_counts()
-        actual = [counts.get(label, 0) / max(len(present), 1) for label in labels]
-        known = set(labels)
-        labels.append("(unseen)")
-        actual.append(float((~present.isin(known)).mean()) if len(present) else 0.0)
-        expected = [*reference.shares.values(), 0.0]
+        labels = [c for c in reference.shares if c != monitoring.OTHER] + ["(other, unseen)"]
+        expected = [reference.shares[c] for c in labels[:-1]]
+        expected.append(reference.shares.get(monitoring.OTHER, 0.0))
+        actual = list(monitoring.categorical_shares(reference, counts))
     figure, axes = plt.subplots(figsize=(7, 3.2))
     positions = np.arange(len(labels))
     axes.bar(positions - 0.2, expected, width=0.4, label="training")
