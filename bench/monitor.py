@@ -6,7 +6,10 @@ same rows, in one run.
 In a temporary store (bench.batch's: `train_basic` and `custom_model` on the shipped
 config), `--rows` and `--big-rows` rows resampled from the shipped table with 2% nulls;
 each job is `python -m steps.<job>` as a process of its own: its run's duration, rows/s and
-the process's peak RSS. The pandas engine only: `monitor` has no Spark engine yet.
+the process's peak RSS (for Spark, the largest of its processes: driver, JVM or Python
+worker). `batch_score` and `monitor` each with pandas and with Spark (`local[N]`, N the
+`compute.threads` cores), the same rows; and the largest difference between the figures
+the two engines' `monitor` runs logged.
 """
 
 import argparse
@@ -24,8 +27,9 @@ from bench.serving import bench_config, temporary_store
 from tabular_mlops.cli.commands import configure_logging
 
 
-def job(step: str, config_path: Path, *arguments: str) -> dict[str, float]:
-    """`python -m steps.STEP` in a process of its own: its run's seconds, its peak RSS."""
+def job(step: str, config_path: Path, *arguments: str) -> tuple[dict[str, float], str]:
+    """`python -m steps.STEP` in a process of its own: its run's seconds, its peak RSS;
+    and the run's id."""
     command = [sys.executable, "-c", _PEAK_RSS_LAUNCHER, sys.executable, "-m", f"steps.{step}"]
     command += ["--config", str(config_path), *arguments]
     done = subprocess.run(command, cwd=PROJECT_DIR, capture_output=True, text=True)
@@ -39,7 +43,7 @@ def job(step: str, config_path: Path, *arguments: str) -> dict[str, float]:
         output_format="list",
     )
     seconds = (run.info.end_time - run.info.start_time) / 1000
-    return {"seconds": seconds, "peak RSS MB": int(done.stdout.split()[-1]) / 1024}
+    return {"seconds": seconds, "peak RSS MB": int(done.stdout.split()[-1]) / 1024}, run.info.run_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,37 +62,56 @@ def main(argv: list[str] | None = None) -> int:
         settings["monitoring"] |= {"model_uri": model_uri}
         config_path = directory / "bench.yaml"
         config_path.write_text(yaml.safe_dump(settings))
+        differences = {}
         for rows in (args.rows, args.big_rows):
             source = directory / f"rows-{rows}.parquet"
             resampled(rows, seed=rows).to_parquet(source, index=False)
-            scored = job(
-                "batch_score",
-                config_path,
-                "--input",
-                str(source),
-                "--output",
-                str(directory / f"out-{rows}"),
+            monitored = {}
+            for engine in ("pandas", "spark"):
+                output = directory / f"out-{rows}-{engine}"
+                scored, _ = job(
+                    "batch_score", config_path, "--input", str(source), "--output", str(output),
+                    "--engine", engine,
+                )  # fmt: skip
+                judged, monitored[engine] = job(
+                    "monitor", config_path, "--input", str(source), "--engine", engine
+                )
+                for name, measured in (
+                    (f"batch_score {engine}", scored),
+                    (f"monitor {engine}", judged),
+                ):
+                    figures[f"{name}, {rows:,} rows"] = measured | {
+                        "rows/s": rows / measured["seconds"]
+                    }
+            pandas_figures = mlflow.get_run(monitored["pandas"]).data.metrics
+            spark_figures = mlflow.get_run(monitored["spark"]).data.metrics
+            assert pandas_figures.keys() == spark_figures.keys()
+            differences[rows] = max(
+                abs(pandas_figures[k] - spark_figures[k]) for k in pandas_figures
             )
-            judged = job("monitor", config_path, "--input", str(source))
-            for name, measured in (("batch_score", scored), ("monitor", judged)):
-                figures[f"{name}, {rows:,} rows"] = measured | {
-                    "rows/s": rows / measured["seconds"]
-                }
     table = pd.DataFrame(figures).T
     small, big = f"{args.rows:,} rows", f"{args.big_rows:,} rows"
     checks = {
-        "monitor rows/s / batch_score's (target >= 0.7)": table.loc[f"monitor, {small}", "rows/s"]
-        / table.loc[f"batch_score, {small}", "rows/s"],
-        f"monitor peak RSS MB at {small} (target <= 1024)": table.loc[
-            f"monitor, {small}", "peak RSS MB"
-        ],
-        f"monitor peak RSS at {big} / at {small} (target <= 1.10)": table.loc[
-            f"monitor, {big}", "peak RSS MB"
+        "monitor pandas rows/s / batch_score pandas's (target >= 0.7)": table.loc[
+            f"monitor pandas, {small}", "rows/s"
         ]
-        / table.loc[f"monitor, {small}", "peak RSS MB"],
+        / table.loc[f"batch_score pandas, {small}", "rows/s"],
+        "monitor spark rows/s / batch_score spark's": table.loc[f"monitor spark, {small}", "rows/s"]
+        / table.loc[f"batch_score spark, {small}", "rows/s"],
+        f"monitor pandas peak RSS MB at {small} (target <= 1024)": table.loc[
+            f"monitor pandas, {small}", "peak RSS MB"
+        ],
+        f"monitor pandas peak RSS at {big} / at {small} (target <= 1.10)": table.loc[
+            f"monitor pandas, {big}", "peak RSS MB"
+        ]
+        / table.loc[f"monitor pandas, {small}", "peak RSS MB"],
     }
+    for rows, difference in differences.items():
+        checks[f"largest figure difference, spark - pandas, {rows:,} rows (target <= 1e-9)"] = (
+            difference
+        )
     print("\n" + table.to_markdown(floatfmt=".1f"))
-    print("\n" + pd.Series(checks, name="value").to_frame().to_markdown(floatfmt=".2f"))
+    print("\n" + pd.Series(checks, name="value").to_frame().to_markdown(floatfmt=".3g"))
     print(f"\nbench took {time.monotonic() - started:.0f} s")
     return 0
 

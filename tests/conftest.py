@@ -52,6 +52,11 @@ SERVICE_URI = "models:/churn-service@champion"  # what `custom_model` registers
 STACK_SERVER_TIMEOUT = 10  # seconds: the session stack's (team_stack.settings.StackSettings)
 
 
+# Every JVM the suite starts (Spark's driver, a standalone cluster's daemons and executors)
+# compiles with the quick JIT only and one GC thread: its jobs last seconds, and on two
+# cores the optimizing JIT's threads took about 50 s of CPU in test_e2e_spark alone.
+os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+
 TIERS = ("unit", "integration", "system")
 # What a test marked so needs, and how to tell it is here; scripts/test.sh installs each.
 NEEDS: dict[str, tuple[str, Callable[[], bool]]] = {
