@@ -34,9 +34,10 @@ mypy
 # bytecode (PYTHONDONTWRITEBYTECODE, set on some CI machines), each one compiles every module
 # it imports, every time (importing MLflow's CLI: 7.9 s of CPU instead of 3.6 s).
 unset PYTHONDONTWRITEBYTECODE
-# One test process per core this machine gives us, two at most (the suite's processes are
-# mostly waiting on the ones a test starts), each taking whole modules.
+# One test process per core this machine gives us, two at most (the suite is CPU-bound:
+# a third process made it slower), each taking whole modules, slowest first
+# (tests/conftest.py's SLOWEST_MODULES; xdist would otherwise order modules by test count).
 workers=${PYTEST_WORKERS:-$(python -c 'import os; print(min(2, len(os.sched_getaffinity(0))))')}
 parallel=()
-[ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadscope)
+[ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadscope --no-loadscope-reorder)
 pytest "${parallel[@]}" "$@"

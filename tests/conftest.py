@@ -70,23 +70,25 @@ NEEDS: dict[str, tuple[str, Callable[[], bool]]] = {
 # keeps both busy to the end.
 SLOWEST_MODULES = (
     "test_e2e_stack",
-    "test_monitor",
     "test_e2e_main",
     "test_faults",
-    "test_e2e_train_basic",
-    "test_e2e_batch_score",
-    "test_e2e_clients",
     "test_e2e_spark",
+    "test_e2e_train_basic",
     "test_e2e_custom_model",
-    "test_delivery",
+    "test_monitor",
+    "test_e2e_clients",
     "test_register",
     "test_e2e_track",
-    "test_e2e_register",
+    "test_delivery",
     "test_custom_model",
     "test_track",
     "test_e2e_interrupts",
+    "test_e2e_batch_score",
+    "test_attacks",
     "test_interrupts",
+    "test_e2e_register",
     "test_stores",
+    "test_alias_moves",
 )
 
 

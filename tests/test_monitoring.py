@@ -13,19 +13,15 @@ from tabular_mlops.core import data
 from tabular_mlops.core.monitoring import (
     SCORE_COLUMN,
     Profile,
-    Realized,
-    Thresholds,
-    Verdict,
-    bootstrap,
     count,
     count_frames,
     drift,
     from_counted_rows,
-    judge,
     numeric_shares,
     profile,
 )
 from tabular_mlops.core.sections import DataConfig, SplitConfig
+from tabular_mlops.core.verdict import Realized, Thresholds, Verdict, bootstrap, judge
 from tests.conftest import churn_settings
 
 LIMITS = Thresholds()

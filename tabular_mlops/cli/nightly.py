@@ -24,9 +24,9 @@ import mlflow
 from tabular_mlops.cli.commands import configure_logging
 from tabular_mlops.core.config import DEFAULT_CONFIG_PATH, load_config
 from tabular_mlops.core.errors import UserInputError
-from tabular_mlops.core.monitoring import Verdict
 from tabular_mlops.core.names import Tag
 from tabular_mlops.core.tables import read_table
+from tabular_mlops.core.verdict import Verdict
 from tabular_mlops.mlflow.runs import configure_tracking
 
 logger = logging.getLogger(__name__)

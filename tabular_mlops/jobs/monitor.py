@@ -27,6 +27,7 @@ from tabular_mlops.core.batch_sections import MonitoringConfig
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.errors import ConfigError, DataError, UserInputError
 from tabular_mlops.core.names import Artifact, Tag
+from tabular_mlops.core.verdict import Judgement, Realized, Thresholds, Verdict, bootstrap, judge
 from tabular_mlops.jobs import score_io, scoring_model
 from tabular_mlops.jobs.entry_points import MONITOR
 from tabular_mlops.jobs.pandas_engine import count_with_pandas
@@ -46,7 +47,7 @@ REALIZED = (
 class MonitorResult:
     run_id: str
     model_uri: str  # models:/<name>/<version> judged
-    verdict: monitoring.Verdict
+    verdict: Verdict
     reasons: list[str]
 
 
@@ -85,14 +86,14 @@ def monitor(config: ProjectConfig) -> MonitorResult:
         rows = tally.counts.rows
         if not rows:
             logger.warning("%s has no rows: nothing to judge", settings.input)
-            judgement = monitoring.Judgement(monitoring.Verdict.OK, ["ok: the batch is empty"])
+            judgement = Judgement(Verdict.OK, ["ok: the batch is empty"])
             _record(judgement, model.uri, rows)
             return MonitorResult(run.info.run_id, model.uri, judgement.verdict, judgement.reasons)
         drifts = monitoring.drift(reference, tally.counts)
         realized = []
         if labels is not None:
             realized = _realized(settings, reference, tally.labelled, ids, target)
-        judgement = monitoring.judge(drifts, realized, _thresholds(settings))
+        judgement = judge(drifts, realized, _thresholds(settings))
         _record(judgement, model.uri, rows)
         monitoring_report.log(
             reference, tally.counts, drifts, realized, judgement, model.uri, settings
@@ -134,7 +135,7 @@ def _realized(
     labelled: pd.DataFrame | None,
     ids: list[str],
     target: str,
-) -> list[monitoring.Realized]:
+) -> list[Realized]:
     """The model's metrics on the batch's rows the labels matched, with intervals."""
     if labelled is None or labelled.empty:
         raise DataError(
@@ -147,10 +148,8 @@ def _realized(
     scores = labelled[monitoring.SCORE_COLUMN].to_numpy(dtype=np.float64)
     found = []
     for name, metric in REALIZED:
-        value, low, high = monitoring.bootstrap(metric, truth, scores, settings.bootstrap_rounds)
-        found.append(
-            monitoring.Realized(name, value, low, high, reference.metrics.get(name, value))
-        )
+        value, low, high = bootstrap(metric, truth, scores, settings.bootstrap_rounds)
+        found.append(Realized(name, value, low, high, reference.metrics.get(name, value)))
     probabilities = np.clip(scores, 1e-7, 1 - 1e-7)
     mlflow.log_metrics(
         {
@@ -162,8 +161,8 @@ def _realized(
     return found
 
 
-def _thresholds(settings: MonitoringConfig) -> monitoring.Thresholds:
-    return monitoring.Thresholds(
+def _thresholds(settings: MonitoringConfig) -> Thresholds:
+    return Thresholds(
         psi=settings.psi,
         distance=settings.distance,
         missing_change=settings.missing_change,
@@ -172,7 +171,7 @@ def _thresholds(settings: MonitoringConfig) -> monitoring.Thresholds:
     )
 
 
-def _record(judgement: monitoring.Judgement, model_uri: str, rows: int) -> None:
+def _record(judgement: Judgement, model_uri: str, rows: int) -> None:
     reasons = "; ".join(judgement.reasons) or "every figure within its thresholds"
     mlflow.set_tags(
         {

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from tabular_mlops.core import monitoring
+from tabular_mlops.core import monitoring, verdict
 from tabular_mlops.core.batch_sections import MonitoringConfig
 from tabular_mlops.core.names import Artifact
 from tabular_mlops.core.plots import pyplot
@@ -29,8 +29,8 @@ def log(
     reference: monitoring.Profile,
     counts: monitoring.Counts,
     drifts: list[monitoring.FeatureDrift],
-    realized: list[monitoring.Realized],
-    judgement: monitoring.Judgement,
+    realized: list[verdict.Realized],
+    judgement: verdict.Judgement,
     model_uri: str,
     settings: MonitoringConfig,
 ) -> None:
@@ -106,8 +106,8 @@ def _image(png: bytes) -> np.ndarray:
 
 def _report(
     table: pd.DataFrame,
-    realized: list[monitoring.Realized],
-    judgement: monitoring.Judgement,
+    realized: list[verdict.Realized],
+    judgement: verdict.Judgement,
     model_uri: str,
     rows: int,
     figures: dict[str, bytes],
