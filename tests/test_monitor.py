@@ -2,6 +2,8 @@
 outcomes flipped, and bad input, in process; and one night through `mlflow run`."""
 
 import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +153,42 @@ def test_an_empty_batch_is_ok_with_a_warning(store: Path, caplog: pytest.LogCapt
     tags = monitor_run().data.tags
     assert tags[Tag.VERDICT] == "ok" and "empty" in tags[Tag.VERDICT_REASONS]
     assert any("has no rows" in r.getMessage() for r in caplog.records)
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
+# Where the README's screenshot lives; UPDATE_SCREENSHOTS=1 writes it from this test.
+REPORT_SCREENSHOT = (
+    Path(__file__).resolve().parent.parent / "docs" / "images" / "monitor-report.png"
+)
+
+
+@pytest.mark.integration
+@pytest.mark.browser
+def test_the_report_opens_as_it_is_from_the_run(store: Path, tmp_path: Path) -> None:
+    """The HTML report, downloaded from the run's artifacts, shows its verdict, its reasons
+    and its plots in a browser with nothing else (the plots are inline)."""
+    from playwright.sync_api import sync_playwright
+
+    assert run_monitor(store, drifted(night(7))) == 0
+    run_id = monitor_run().info.run_id
+    report = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{Artifact.MONITOR_REPORT}"))
+    shot = tmp_path / "monitor-report.png"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page(viewport={"width": 1100, "height": 1400})
+        page.goto(report.as_uri())
+        page.get_by_text("Verdict: retrain").wait_for(timeout=30_000)
+        page.get_by_text("monthly_charges PSI", exact=False).first.wait_for()
+        loaded = page.eval_on_selector_all(
+            "img", "images => images.filter(i => i.complete && i.naturalWidth > 0).length"
+        )
+        page.screenshot(path=shot)
+        browser.close()
+    assert loaded >= 2  # the scores' plot and the most drifted features'
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        REPORT_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, REPORT_SCREENSHOT)
 
 
 @pytest.mark.system
