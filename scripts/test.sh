@@ -34,10 +34,12 @@ mypy
 # bytecode (PYTHONDONTWRITEBYTECODE, set on some CI machines), each one compiles every module
 # it imports, every time (importing MLflow's CLI: 7.9 s of CPU instead of 3.6 s).
 unset PYTHONDONTWRITEBYTECODE
-# One test process per core this machine gives us, two at most (the suite is CPU-bound:
-# a third process made it slower), each taking whole modules, slowest first
-# (tests/conftest.py's SLOWEST_MODULES; xdist would otherwise order modules by test count).
-workers=${PYTEST_WORKERS:-$(python -c 'import os; print(min(2, len(os.sched_getaffinity(0))))')}
+# One test process more than the cores this machine gives us, three at most: the suite's
+# processes wait about a quarter of the time (servers starting, subprocesses, sleeps), so
+# two processes left the two cores a quarter idle, and three finished 50 s sooner. Each
+# takes whole modules, slowest first (tests/conftest.py's SLOWEST_MODULES; xdist would
+# otherwise order modules by their number of tests).
+workers=${PYTEST_WORKERS:-$(python -c 'import os; print(min(3, len(os.sched_getaffinity(0)) + 1))')}
 parallel=()
 [ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadscope --no-loadscope-reorder)
 pytest "${parallel[@]}" "$@"

@@ -65,9 +65,9 @@ NEEDS: dict[str, tuple[str, Callable[[], bool]]] = {
     "browser": ("chromium (apt-get install chromium)", lambda: Path("/usr/bin/chromium").exists()),
     "nginx": ("nginx (apt-get install nginx)", lambda: Path("/usr/sbin/nginx").exists()),
 }
-# The slowest modules, slowest first (`--durations` of a whole run): in two processes that
-# each take a whole module at a time, in collection order, handing out the longest first
-# keeps both busy to the end.
+# The slowest modules, slowest first (`--durations` of a whole run): in processes that each
+# take a whole module at a time, in collection order, handing out the longest first keeps
+# them all busy to the end.
 SLOWEST_MODULES = (
     "test_e2e_stack",
     "test_e2e_main",

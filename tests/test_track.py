@@ -265,14 +265,31 @@ def test_timeout_stops_starting_trials(tracking_uri: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("failures, finished", [(2, 4), (4, None)])
+@pytest.mark.parametrize(
+    "failures, finished, cleanup_failures", [(2, 4, 0), (2, 4, 1), (5, None, 0)]
+)
 def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_times(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: int, finished: int | None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    failures: int,
+    finished: int | None,
+    cleanup_failures: int,
 ) -> None:
     """Trials that meet a failing database (here: raising as Optuna's RDBStorage does when
     its connection is gone) end FAILED; the search goes on until `n_trials` finished, or the
-    failure stands after STORAGE_PAUSES retries."""
-    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0, 0, 0))
+    failure stands after STORAGE_PAUSES retries. The database may still be down when the
+    search comes back to end the caught trials (seen on a busy machine): it waits again."""
+    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0, 0, 0, 0))
+    still_down = [cleanup_failures]
+    ending = tune._fail_unfinished
+
+    def fail_unfinished(study: optuna.Study, started: set[int]) -> None:
+        if still_down[0]:
+            still_down[0] -= 1
+            raise optuna.exceptions.StorageInternalError("connection to server lost")
+        ending(study, started)
+
+    monkeypatch.setattr(tune, "_fail_unfinished", fail_unfinished)
     tuning = load_config(CHURN_CONFIG).require_tuning()
     tuning = tuning.model_copy(update={"n_trials": 4, "storage": f"sqlite:///{tmp_path}/o.db"})
     study = optuna.create_study(storage=tuning.storage, direction="maximize")
@@ -295,6 +312,7 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
     assert states.count(optuna.trial.TrialState.COMPLETE) == finished
     assert states.count(optuna.trial.TrialState.FAIL) == failures
     assert optuna.trial.TrialState.RUNNING not in states
+    assert still_down == [0]
 
 
 @pytest.mark.unit

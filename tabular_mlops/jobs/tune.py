@@ -59,8 +59,8 @@ from tabular_mlops.runtime import interrupts
 logger = logging.getLogger(__name__)
 
 # Seconds to wait before resuming a search whose shared study's database failed (a restart
-# takes a few seconds); once each, then the failure stands.
-STORAGE_PAUSES = (2, 5, 10)
+# takes seconds, more on a busy machine); once each, then the failure stands.
+STORAGE_PAUSES = (2, 5, 10, 20)
 
 # Parent-run tags every trial run carries too.
 _INHERITED_TAGS = (
@@ -242,9 +242,12 @@ def _optimize(
         return objective(trial)
 
     deadline = None if tuning.timeout_seconds is None else time.monotonic() + tuning.timeout_seconds
+    failed_before = False
     for pause in (*STORAGE_PAUSES, None):
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
+            if failed_before:  # reaches the database too: it may still be down
+                _fail_unfinished(study, started)
             study.optimize(
                 tracked,
                 n_trials=tuning.n_trials - progress.finished,
@@ -262,7 +265,7 @@ def _optimize(
                 pause,
             )
             time.sleep(pause)
-            _fail_unfinished(study, started)
+            failed_before = True
 
 
 def _import_what_follows() -> None:
