@@ -369,5 +369,10 @@ def _ks_against_quantiles(
     before = below[where] / present
     previous = np.concatenate([[0.0], level[:-1]])
     distance = float(max(np.max(np.abs(at - level)), np.max(np.abs(before - previous))))
-    p_value = float(stats.kstwo.sf(distance, present)) if math.isfinite(distance) else 1.0
-    return distance, p_value
+    if not math.isfinite(distance):
+        return distance, 1.0
+    # The exact distribution (scipy's kstwo) took up to 0.8 s a column at 1,000,000 rows;
+    # from 10,000 rows its limit is within 1% of it, and the p-value decides nothing.
+    if present < 10_000:
+        return distance, float(stats.kstwo.sf(distance, present))
+    return distance, float(stats.kstwobign.sf(distance * math.sqrt(present)))
