@@ -22,7 +22,7 @@ import mlflow
 import pandas as pd
 import yaml
 
-from bench.batch import _PEAK_RSS_LAUNCHER, PROJECT_DIR, build_model, resampled
+from bench.batch import _PEAK_RSS_LAUNCHER, PROJECT_DIR, build_model, resampled, target_table
 from bench.serving import bench_config, temporary_store
 from tabular_mlops.cli.commands import configure_logging
 
@@ -91,27 +91,30 @@ def main(argv: list[str] | None = None) -> int:
             )
     table = pd.DataFrame(figures).T
     small, big = f"{args.rows:,} rows", f"{args.big_rows:,} rows"
-    checks = {
-        "monitor pandas rows/s / batch_score pandas's (target >= 0.7)": table.loc[
-            f"monitor pandas, {small}", "rows/s"
-        ]
-        / table.loc[f"batch_score pandas, {small}", "rows/s"],
-        "monitor spark rows/s / batch_score spark's": table.loc[f"monitor spark, {small}", "rows/s"]
-        / table.loc[f"batch_score spark, {small}", "rows/s"],
-        f"monitor pandas peak RSS MB at {small} (target <= 1024)": table.loc[
-            f"monitor pandas, {small}", "peak RSS MB"
-        ],
-        f"monitor pandas peak RSS at {big} / at {small} (target <= 1.10)": table.loc[
-            f"monitor pandas, {big}", "peak RSS MB"
-        ]
-        / table.loc[f"monitor pandas, {small}", "peak RSS MB"],
-    }
-    for rows, difference in differences.items():
-        checks[f"largest figure difference, spark - pandas, {rows:,} rows (target <= 1e-9)"] = (
-            difference
-        )
+
+    def rate(job: str, rows: str, column: str = "rows/s") -> float:
+        return float(table.loc[f"{job}, {rows}", column])
+
+    ratio = rate("monitor pandas", small) / rate("batch_score pandas", small)
+    rss = rate("monitor pandas", small, "peak RSS MB")
+    checks = [
+        (f"monitor / batch_score rows/s, pandas, {small}", ratio, ">=", 0.7),
+        (f"monitor peak RSS MB, pandas, {small}", rss, "<=", 1024),
+        (
+            f"monitor peak RSS {big} / {small}",
+            rate("monitor pandas", big, "peak RSS MB") / rss,
+            "<=",
+            1.1,
+        ),
+    ]
+    checks += [
+        (f"largest figure difference, spark - pandas, {rows:,} rows", difference, "<=", 1e-9)
+        for rows, difference in differences.items()
+    ]
+    spark_ratio = rate("monitor spark", small) / rate("batch_score spark", small)
     print("\n" + table.to_markdown(floatfmt=".1f"))
-    print("\n" + pd.Series(checks, name="value").to_frame().to_markdown(floatfmt=".3g"))
+    print(f"\nmonitor / batch_score rows/s, spark, {small}: {spark_ratio:.3f}")
+    print("\n" + target_table(checks).to_markdown())
     print(f"\nbench took {time.monotonic() - started:.0f} s")
     return 0
 

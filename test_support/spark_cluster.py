@@ -8,8 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 from test_support.servers import LOOPBACK, free_port
@@ -67,12 +68,12 @@ def standalone_cluster(directory: Path, workers: int = 2, memory: str = "1g") ->
                 "--webui-port", str(free_port()), "--work-dir", str(directory / f"work-{index}"),
                 master_url,
             )  # fmt: skip
-            _wait_for(
-                lambda log=log: "Successfully registered with master" in log.read_text(),
-                f"worker {index}",
-                log,
-            )
+            _wait_for(partial(_registered, log), f"worker {index}", log)
         yield master_url
+
+
+def _registered(worker_log: Path) -> bool:
+    return "Successfully registered with master" in worker_log.read_text()
 
 
 def _listening(port: int) -> bool:
@@ -80,9 +81,9 @@ def _listening(port: int) -> bool:
         return probe.connect_ex((LOOPBACK, port)) == 0
 
 
-def _wait_for(ready: object, what: str, log: Path) -> None:
+def _wait_for(ready: Callable[[], bool], what: str, log: Path) -> None:
     deadline = time.monotonic() + START_SECONDS
-    while not ready():  # type: ignore[operator]
+    while not ready():
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"{what} did not start in {START_SECONDS} s: {log.read_text()[-2000:]}"

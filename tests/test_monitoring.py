@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from tabular_mlops.core import data
+from tabular_mlops.core.batch_sections import MonitoringConfig
 from tabular_mlops.core.monitoring import (
     SCORE_COLUMN,
     Profile,
@@ -21,10 +22,10 @@ from tabular_mlops.core.monitoring import (
     profile,
 )
 from tabular_mlops.core.sections import DataConfig, SplitConfig
-from tabular_mlops.core.verdict import Realized, Thresholds, Verdict, bootstrap, judge
+from tabular_mlops.core.verdict import Realized, Verdict, bootstrap, judge
 from tests.conftest import churn_settings
 
-LIMITS = Thresholds()
+LIMITS = MonitoringConfig()  # the shipped thresholds
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Monitoring's statistics: a compact profile of a table (made at training time, logged with
-the model), the drift of a batch against it, feature by feature and for the model's scores,
-and the verdict they add up to.
+the model) and the drift of a batch against it, feature by feature and for the model's
+scores (the verdict they add up to: core.verdict).
 
 The profile holds no rows: per numeric column, quantile bins of the training split (their
 shares) and 101 quantiles; per categorical column, the shares of its categories (the
@@ -371,8 +371,9 @@ def _ks_against_quantiles(
     distance = float(max(np.max(np.abs(at - level)), np.max(np.abs(before - previous))))
     if not math.isfinite(distance):
         return distance, 1.0
-    # The exact distribution (scipy's kstwo) took up to 0.8 s a column at 1,000,000 rows;
-    # from 10,000 rows its limit is within 1% of it, and the p-value decides nothing.
+    # The exact distribution (scipy's kstwo) took up to 0.8 s a column at 1,000,000 rows:
+    # from 10,000 rows, the limit, as scipy's own ks_2samp switches (MAX_AUTO_N); within 1%
+    # of it there, and the p-value decides nothing.
     if present < 10_000:
         return distance, float(stats.kstwo.sf(distance, present))
     return distance, float(stats.kstwobign.sf(distance * math.sqrt(present)))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from tabular_mlops.core.batch_sections import MonitoringConfig
 from tabular_mlops.core.monitoring import FeatureDrift
 
 
@@ -15,17 +16,6 @@ class Verdict(StrEnum):
     OK = "ok"
     WARN = "warn"
     RETRAIN = "retrain"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """From `warn` to `retrain`: the effect sizes past which a verdict is raised."""
-
-    psi: tuple[float, float] = (0.1, 0.25)
-    distance: tuple[float, float] = (0.1, 0.2)  # KS, Jensen-Shannon
-    missing_change: tuple[float, float] = (0.05, 0.10)
-    unseen_share: tuple[float, float] = (0.01, 0.05)
-    metric_drop: tuple[float, float] = (0.02, 0.05)  # realized below reference, CI-bound
 
 
 @dataclass(frozen=True)
@@ -51,8 +41,11 @@ class Judgement:
         self.reasons.append(f"{level.value}: {reason}")
 
 
-def judge(drifts: list[FeatureDrift], realized: list[Realized], limits: Thresholds) -> Judgement:
-    """The verdict, and a reason for each figure past a threshold (retrain first)."""
+def judge(
+    drifts: list[FeatureDrift], realized: list[Realized], limits: MonitoringConfig
+) -> Judgement:
+    """The verdict, and a reason for each figure past its `[warn, retrain]` thresholds in
+    `limits` (the config's `monitoring` section), retrain first."""
     judgement = Judgement()
 
     def check(value: float, bounds: tuple[float, float], what: str) -> None:

@@ -27,7 +27,7 @@ from tabular_mlops.core.batch_sections import MonitoringConfig
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.errors import ConfigError, DataError, UserInputError
 from tabular_mlops.core.names import Artifact, Tag
-from tabular_mlops.core.verdict import Judgement, Realized, Thresholds, Verdict, bootstrap, judge
+from tabular_mlops.core.verdict import Judgement, Realized, Verdict, bootstrap, judge
 from tabular_mlops.jobs import score_io, scoring_model
 from tabular_mlops.jobs.entry_points import MONITOR
 from tabular_mlops.jobs.pandas_engine import count_with_pandas
@@ -93,7 +93,7 @@ def monitor(config: ProjectConfig) -> MonitorResult:
         realized = []
         if labels is not None:
             realized = _realized(settings, reference, tally.labelled, ids, target)
-        judgement = judge(drifts, realized, _thresholds(settings))
+        judgement = judge(drifts, realized, settings)
         _record(judgement, model.uri, rows)
         monitoring_report.log(
             reference, tally.counts, drifts, realized, judgement, model.uri, settings
@@ -159,16 +159,6 @@ def _realized(
         }
     )
     return found
-
-
-def _thresholds(settings: MonitoringConfig) -> Thresholds:
-    return Thresholds(
-        psi=settings.psi,
-        distance=settings.distance,
-        missing_change=settings.missing_change,
-        unseen_share=settings.unseen_share,
-        metric_drop=settings.metric_drop,
-    )
 
 
 def _record(judgement: Judgement, model_uri: str, rows: int) -> None:
