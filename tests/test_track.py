@@ -278,7 +278,8 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
     """Trials that meet a failing database (here: raising as Optuna's RDBStorage does when
     its connection is gone) end FAILED; the search goes on until `n_trials` finished, or the
     failure stands after STORAGE_PAUSES retries. The database may still be down when the
-    search comes back to end the caught trials (seen on a busy machine): it waits again."""
+    search comes back to end the caught trials (seen on a busy machine): whatever of that
+    fails (reading the trials, telling one FAILED) waits again."""
     monkeypatch.setattr(tune, "STORAGE_PAUSES", (0, 0, 0, 0))
     still_down = [cleanup_failures]
     ending = tune._fail_unfinished

@@ -6,7 +6,6 @@ With `tuning.storage` set, several processes add trials to one shared study; wit
 the study lives in memory and a seeded sampler makes the search reproducible.
 """
 
-import contextlib
 import importlib
 import logging
 import threading
@@ -336,8 +335,9 @@ def _fail_unfinished(study: optuna.Study, started: set[int]) -> None:
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.number not in started:
             continue
-        with contextlib.suppress(optuna.exceptions.StorageInternalError):
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        # Not suppressed: a failed tell is retried with the search (_optimize), or the
+        # trial would stay RUNNING for good.
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         if run_id := trial.user_attrs.get("mlflow_run_id"):
             client.set_tag(
                 run_id, Tag.ERROR, "Optuna's storage failed before the trial's result was recorded"
