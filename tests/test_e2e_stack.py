@@ -349,7 +349,8 @@ def test_two_track_workers_share_one_study_and_survive_a_postgresql_restart(
     assert [run.returncode for run in done] == [0, 0], [run.stderr[-3000:] for run in done]
     assert _finished_trials(with_password, name) == 6
     study = optuna.load_study(study_name=name, storage=with_password)
-    assert optuna.trial.TrialState.RUNNING not in {trial.state for trial in study.trials}
+    running = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.RUNNING]
+    assert not running, [(trial.number, trial.user_attrs) for trial in running]
     client = as_user(TRAINER)
     trials = mlflow.search_runs(
         experiment_names=[E2E_EXPERIMENT],

@@ -284,16 +284,18 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
     still_down = [cleanup_failures]
     ending = tune._fail_unfinished
 
-    def fail_unfinished(study: optuna.Study, started: set[int]) -> None:
+    def fail_unfinished(study: optuna.Study, created: set[int]) -> None:
         if still_down[0]:
             still_down[0] -= 1
             raise optuna.exceptions.StorageInternalError("connection to server lost")
-        ending(study, started)
+        ending(study, created)
 
     monkeypatch.setattr(tune, "_fail_unfinished", fail_unfinished)
     tuning = load_config(CHURN_CONFIG).require_tuning()
     tuning = tuning.model_copy(update={"n_trials": 4, "storage": f"sqlite:///{tmp_path}/o.db"})
-    study = optuna.create_study(storage=tuning.storage, direction="maximize")
+    created: set[int] = set()
+    storage = tune._SharedStorage(tuning.storage, created)
+    study = optuna.create_study(storage=storage, direction="maximize")
     left = [failures]
 
     def objective(trial: optuna.Trial) -> float:
@@ -306,14 +308,48 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
 
     if finished is None:
         with pytest.raises(optuna.exceptions.StorageInternalError):
-            tune._optimize(study, objective, tuning)
+            tune._optimize(study, objective, tuning, created)
         return
-    tune._optimize(study, objective, tuning)
+    tune._optimize(study, objective, tuning, created)
     states = [trial.state for trial in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == finished
     assert states.count(optuna.trial.TrialState.FAIL) == failures
     assert optuna.trial.TrialState.RUNNING not in states
     assert still_down == [0]
+
+
+@pytest.mark.unit
+def test_a_trial_the_database_lost_while_it_was_created_ends_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna creates a trial, then reads it back before the objective sees it: a database
+    that fails in between (seen in a whole-suite run: a PostgreSQL restart right after a
+    trial finished) must not leave that trial RUNNING."""
+    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0,))
+    lost = [1]
+
+    class LosingOneRead(tune._SharedStorage):
+        def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+            if lost[0]:
+                lost[0] -= 1
+                raise optuna.exceptions.StorageInternalError("connection to server lost")
+            return super().get_trial(trial_id)
+
+    tuning = load_config(CHURN_CONFIG).require_tuning()
+    tuning = tuning.model_copy(update={"n_trials": 2, "storage": f"sqlite:///{tmp_path}/o.db"})
+    created: set[int] = set()
+    study = optuna.create_study(storage=LosingOneRead(tuning.storage, created))
+    seen: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        seen.append(trial.number)
+        trial.set_user_attr(BEST_ITERATION, 10)  # as a real trial records it
+        return trial.suggest_float("x", 0, 1)
+
+    tune._optimize(study, objective, tuning, created)
+    states = [trial.state for trial in study.trials]
+    assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
+    assert seen == [1, 2] and created == {0, 1, 2}  # trial 0 never reached the objective
 
 
 @pytest.mark.unit

@@ -17,6 +17,8 @@ docstring or comment names the upstream issue or function and the version checke
 - a shared study's search resumed when Optuna hides its storage's failure
   (jobs.tune._storage_failed):
   test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror;
+- a shared study's trials known by their creation, not by the objective
+  (jobs.tune._SharedStorage): test_optuna_still_asks_for_a_trial_it_created_in_two_steps;
 - the models check their own input types (tabular_custom_model.inputs): the canary in
   tests/test_inputs.py.
 """
@@ -175,3 +177,25 @@ def test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror() -> None
     with pytest.raises(UnboundLocalError, match="updated_state") as raised:
         study.optimize(objective, n_trials=1)
     assert isinstance(raised.value.__context__, optuna.exceptions.StorageInternalError)
+
+
+def test_optuna_still_asks_for_a_trial_it_created_in_two_steps(tmp_path: Path) -> None:
+    """Optuna 5.0.0: `Study.ask` creates the trial through the cached storage's call of
+    `RDBStorage._create_new_trial`, then reads it back; when that read fails the trial stays
+    RUNNING and `ask` raises, the trial unseen by anyone. Once the trial is no longer left
+    RUNNING (or `_create_new_trial` is no longer what creates it), jobs.tune._SharedStorage
+    can go back to a plain RDBStorage."""
+    import optuna
+
+    from tabular_mlops.jobs import tune
+
+    class LosingReads(tune._SharedStorage):
+        def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+            raise optuna.exceptions.StorageInternalError("connection lost")
+
+    created: set[int] = set()
+    study = optuna.create_study(storage=LosingReads(f"sqlite:///{tmp_path}/o.db", created))
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        study.ask()
+    assert created == {0}
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.RUNNING]

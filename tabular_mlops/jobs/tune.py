@@ -156,8 +156,9 @@ def tune(
     inherited = {key: parent.data.tags[key] for key in _INHERITED_TAGS if key in parent.data.tags}
     # Seeded only in memory: processes sharing a study must not propose the same trials.
     sampler = optuna.samplers.TPESampler(seed=None if tuning.storage else config.split.seed)
+    created: set[int] = set()  # the numbers of the trials this process created
     study = _create_or_load_study(
-        study_name(tuning, parent_run_id), tuning.storage, sampler, make_pruner(tuning)
+        study_name(tuning, parent_run_id), tuning.storage, sampler, make_pruner(tuning), created
     )
     threads = thread_plan(config)
     trial_tags = inherited | {MLFLOW_PARENT_RUN_ID: parent_run_id, Tag.STUDY: study.study_name}
@@ -220,35 +221,32 @@ def tune(
     )
     threading.Thread(target=_import_what_follows, name="import-ahead", daemon=True).start()
     try:
-        _optimize(study, objective, tuning)
+        _optimize(study, objective, tuning, created)
     finally:
         cv.close()
     return study
 
 
 def _optimize(
-    study: optuna.Study, objective: Callable[[optuna.Trial], float], tuning: TuningConfig
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    tuning: TuningConfig,
+    created: set[int],
 ) -> None:
     """`study.optimize` until `n_trials` trials finished here (or the timeout), resumed when
     a shared study's database fails meanwhile (a restart: its connections are checked
-    before use, `pool_pre_ping`), at most STORAGE_PAUSES times. A trial caught in the failure
-    ends FAILED and another replaces it."""
+    before use, `pool_pre_ping`), at most STORAGE_PAUSES times. A trial this process
+    `created` that the failure caught ends FAILED and another replaces it."""
     progress = _Progress(tuning.n_trials)
-    started: set[int] = set()  # the numbers of the trials this process ran
-
-    def tracked(trial: optuna.Trial) -> float:
-        started.add(trial.number)
-        return objective(trial)
-
     deadline = None if tuning.timeout_seconds is None else time.monotonic() + tuning.timeout_seconds
     failed_before = False
     for pause in (*STORAGE_PAUSES, None):
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             if failed_before:  # reaches the database too: it may still be down
-                _fail_unfinished(study, started)
+                _fail_unfinished(study, created)
             study.optimize(
-                tracked,
+                objective,
                 n_trials=tuning.n_trials - progress.finished,
                 timeout=timeout,
                 n_jobs=tuning.n_jobs,
@@ -284,15 +282,16 @@ def _create_or_load_study(
     storage: str | None,
     sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner,
+    created: set[int],
 ) -> optuna.Study:
+    """The study, in memory or in the shared `storage`, which adds to `created` the number
+    of each trial this process creates in it."""
+
     # Processes that start together on a fresh database race to create Optuna's tables
     # (a duplicate-table or duplicate-type error for the loser); once the tables exist,
     # `load_if_exists` makes the study itself safe to create from many processes.
     def create(**kwargs: Any) -> optuna.Study:
-        # Connections checked before use: one a database restart closed is replaced.
-        shared = storage and optuna.storages.RDBStorage(
-            storage, engine_kwargs={"pool_pre_ping": True}
-        )
+        shared = storage and _SharedStorage(storage, created)
         return optuna.create_study(storage=shared or None, **kwargs)
 
     create_it = partial(
@@ -313,6 +312,27 @@ def _create_or_load_study(
     )
 
 
+class _SharedStorage(optuna.storages.RDBStorage):
+    """Optuna's database storage, adding to `created` the number of each trial this process
+    creates. Optuna 5.0.0 creates a trial, then reads it back (`Study.ask` ->
+    `Trial.__init__` -> `storage.get_trial`): a database that fails in between leaves a
+    RUNNING trial the objective never saw, known only by this record (`_fail_unfinished`).
+    Optuna's `_CachedStorage` calls `_create_new_trial`, not `create_new_trial`. Canary:
+    tests/test_workarounds.py::test_optuna_still_asks_for_a_trial_it_created_in_two_steps."""
+
+    def __init__(self, url: str, created: set[int]) -> None:
+        # Connections checked before use: one a database restart closed is replaced.
+        super().__init__(url, engine_kwargs={"pool_pre_ping": True})
+        self.created = created
+
+    def _create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> optuna.trial.FrozenTrial:
+        trial = super()._create_new_trial(study_id, template_trial)
+        self.created.add(trial.number)
+        return trial
+
+
 def _storage_failed(error: BaseException) -> bool:
     """`error` is, or was raised while handling, a failure of Optuna's storage. Optuna 5.0.0
     (optuna/study/_optimize.py, `_run_trial`) raises UnboundLocalError for
@@ -327,17 +347,18 @@ def _storage_failed(error: BaseException) -> bool:
     return False
 
 
-def _fail_unfinished(study: optuna.Study, started: set[int]) -> None:
-    """This process's trials the storage's failure left RUNNING, ended FAILED (another
-    process sharing the study would otherwise count them as running for good), and their
-    MLflow runs with them (a run may have finished before its result was lost)."""
+def _fail_unfinished(study: optuna.Study, created: set[int]) -> None:
+    """The trials this process `created` that the storage's failure left RUNNING, ended
+    FAILED (another process sharing the study would otherwise count them as running for
+    good), and their MLflow runs with them (a run may have finished before its result was
+    lost; a trial caught while it was being created has none)."""
     client = mlflow.MlflowClient()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.number not in started:
+        if trial.number not in created:
             continue
         # Not suppressed: a failed tell is retried with the search (_optimize), or the
         # trial would stay RUNNING for good.
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         if run_id := trial.user_attrs.get("mlflow_run_id"):
             client.set_tag(
                 run_id, Tag.ERROR, "Optuna's storage failed before the trial's result was recorded"
