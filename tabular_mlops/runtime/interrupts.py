@@ -20,6 +20,7 @@ anything else.
 import _thread
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -158,6 +159,10 @@ def run_as_process(main: Callable[[], int]) -> NoReturn:
     runs left open (with the one `mlflow run` opened, MLFLOW_RUN_ID) and exit 128 + signal
     without waiting for worker threads (a cross-validation fold, say)."""
     global _guardian
+    # What was imported stays for the whole process: out of the collector's sight, and the
+    # collector back on (steps/__init__.py turned it off while a step imports).
+    gc.freeze()
+    gc.enable()
     _guardian = guardian.start(_launched_by)  # now: one thread, no store opened yet
     try:
         code = main()
