@@ -172,12 +172,12 @@ def shared_store(tmp_path_factory: pytest.TempPathFactory) -> str:
     return new_store(tmp_path_factory.mktemp("failures"))
 
 
-# One case per kind of refusal (every case is also a unit test, tests/test_train_basic.py),
-# the three `mlflow run`s at once: each waits mostly on start-up.
+# One case per place a refusal comes from: the step's parser, and the job once the run
+# exists (every refusal is also a unit test, tests/test_train_basic.py). The `mlflow run`s
+# at once: each waits mostly on start-up.
 REFUSALS = {
     # MLflow appends an unknown -P as --n_trials 5: the step's parser refuses it.
     "n_trials=5": "unrecognized arguments: --n_trials 5",
-    "test_size=1.5": "split.test_size: Input should be less than 1 (got 1.5)",
     "data_path=missing.csv": "data file not found: missing.csv",
 }
 
