@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from bench.pages import page
 from bench.serving import bench_config, temporary_store
 from tabular_mlops.cli.commands import configure_logging
 from tabular_mlops.core.config import ProjectConfig
@@ -229,6 +230,7 @@ def target_table(checks: list[tuple[str, float, str, float]]) -> pd.DataFrame:
     ).set_index("target")
 
 
+@page("Batch scoring: pandas and Spark engines")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)

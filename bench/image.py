@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
+from bench.pages import page
 from bench.serving import bench_config, load, request_body, temporary_store
 from tabular_mlops.cli import image
 from tabular_mlops.cli.commands import configure_logging
@@ -169,6 +170,7 @@ def _ping(url: str) -> bool:
         return answer.status == 200
 
 
+@page("The serving image behind its proxy")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="per server, round and kind")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.pages import page
 from tabular_mlops.core.names import Tag
 from test_support.stopping import (
     END_WITHIN_SECONDS,
@@ -51,6 +52,7 @@ def _cases(candidate_run: str, scoring_input: Path) -> dict[str, tuple[str, list
     }
 
 
+@page("Stopping every entry point with a signal")
 def main(argv: list[str] | None = None) -> int:
     from bench.lifecycle import competing_load, fresh_clone
     from tabular_mlops.cli.commands import configure_logging

@@ -44,6 +44,7 @@ import pandas as pd
 import yaml
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_PROJECT_ENTRY_POINT
 
+from bench import pages
 from tabular_mlops.cli.commands import configure_logging
 from tabular_mlops.core import resources
 from tabular_mlops.core.resources import OPENMP_DEFAULTS, available_cores
@@ -51,7 +52,16 @@ from tabular_mlops.core.resources import OPENMP_DEFAULTS, available_cores
 logger = logging.getLogger("bench.lifecycle")
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 EXPERIMENT = "churn"
-SECTIONS = ("chain", "track", "busy", "pruners", "openmp", "dataset")
+# Each section's page (docs/benchmarks/lifecycle-<section>.md) and its title.
+SECTION_TITLES = {
+    "chain": "The whole chain, step by step",
+    "track": "Tuning: 20 and 100 trials",
+    "busy": "Tuning beside a busy job",
+    "pruners": "Which pruner",
+    "openmp": "OpenMP threads, idle and busy",
+    "dataset": "Logging a table as a run's input",
+}
+SECTIONS = tuple(SECTION_TITLES)
 BIG_TABLE_ROWS = 200_000
 TRIALS = (20, 100)
 PRUNERS = ("none", "median", "top_quartile")
@@ -309,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(sections) - set(SECTIONS):
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; use {SECTIONS}")
     configure_logging()
+    started = time.monotonic()
     logger.info("%d cores available to this process", available_cores())
     tables: dict[str, pd.DataFrame] = {}
     with fresh_clone() as clone:
@@ -324,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         tables["openmp"] = openmp_section()
     if "dataset" in sections:
         tables["dataset"] = dataset_section()
+    took = time.monotonic() - started
     for name, table in tables.items():
-        print(f"\n## {name}\n")
-        print(table.to_markdown(index=False, floatfmt=".4g"))
+        body = table.to_markdown(index=False, floatfmt=".4g")
+        print(f"\n## {name}\n\n{body}")
+        pages.write("lifecycle", f"lifecycle-{name}", SECTION_TITLES[name], argv or [], body, took)
     return 0
 
 

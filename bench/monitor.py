@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from bench.batch import _PEAK_RSS_LAUNCHER, PROJECT_DIR, build_model, resampled, target_table
+from bench.pages import page
 from bench.serving import bench_config, temporary_store
 from tabular_mlops.cli.commands import configure_logging
 
@@ -46,6 +47,7 @@ def job(step: str, config_path: Path, *arguments: str) -> tuple[dict[str, float]
     return {"seconds": seconds, "peak RSS MB": int(done.stdout.split()[-1]) / 1024}, run.info.run_id
 
 
+@page("Monitoring a batch: speed and memory")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)

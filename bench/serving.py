@@ -40,6 +40,7 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from tqdm import tqdm
 
+from bench.pages import page
 from tabular_mlops.cli.commands import configure_logging
 from tabular_mlops.core import data
 from tabular_mlops.core.config import DEFAULT_CONFIG_PATH, ProjectConfig, load_config
@@ -338,6 +339,7 @@ def bench_config(directory: Path) -> ProjectConfig:
     )
 
 
+@page("Serving: latency, throughput and memory")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(

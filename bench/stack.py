@@ -34,6 +34,7 @@ import mlflow
 import pandas as pd
 
 from bench.lifecycle import EXPERIMENT, Clone, fresh_clone
+from bench.pages import page
 from tabular_mlops.cli.commands import configure_logging
 from team_stack.settings import ADMIN, ADMIN_PASSWORD_VARIABLE, OPTUNA_DATABASE, StackSettings
 from team_stack.stack import LocalStack
@@ -94,6 +95,7 @@ def row(what: str, value: float, unit: str = "s") -> dict[str, object]:
     return {"what": what, "value": round(value, 1), "unit": unit}
 
 
+@page("The team stack: concurrent clients")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrent", type=int, default=8)
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.error("leak: %s in %s", name, where)
         finally:
             bench.stack.down()
-    print(pd.DataFrame(rows).to_string(index=False))
+    print(pd.DataFrame(rows).to_markdown(index=False))
     return 0
 
 

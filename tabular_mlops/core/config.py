@@ -33,17 +33,29 @@ DEFAULT_CONFIG_PATH = Path("config/churn.yaml")
 
 class ProjectConfig(_Section):
     data: DataConfig
+    """The table: where it is, its target, its columns' roles."""
     split: SplitConfig = SplitConfig()
+    """The train/test split."""
     model: ModelConfig = ModelConfig()
-    tuning: TuningConfig | None = None  # needed by the `track` entry point only
+    """LightGBM's settings."""
+    tuning: TuningConfig | None = None
+    """The search of `track`, which needs it."""
     tracking: TrackingConfig
-    promotion: PromotionConfig | None = None  # needed by the `register` entry point only
-    custom_model: CustomModelConfig | None = None  # needed by `custom_model` only
+    """Where runs and models go, and what they are named."""
+    promotion: PromotionConfig | None = None
+    """The gate of `register`, which needs it."""
+    custom_model: CustomModelConfig | None = None
+    """The served model `custom_model` wraps, which needs it."""
     model_code: ModelCodeConfig = ModelCodeConfig()
+    """The code shipped inside both models."""
     compute: ComputeConfig = ComputeConfig()
+    """CPU use."""
     trust: TrustConfig = TrustConfig()
+    """What may be loaded that runs its author's code."""
     batch: BatchConfig = BatchConfig()
+    """`batch_score`."""
     monitoring: MonitoringConfig = MonitoringConfig()
+    """`monitor`."""
     # Where the settings came from: the file, and the settings parameters replaced
     # (dotted key -> value); set by load_config, shown in run names and descriptions.
     _source: Path = PrivateAttr(DEFAULT_CONFIG_PATH)

@@ -81,29 +81,38 @@ def unity_catalog_problem(name: str) -> str | None:
 
 
 class _Section(BaseModel):
-    # A misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A misspelt key is an error, not a silently ignored setting. Each setting's help is the
+    # docstring under it (the configuration reference is generated from it: docs_build).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 Label = str | int | float | bool
 
 
 class DataConfig(_Section):
-    # A CSV or Parquet file, or a folder of Parquet files (hive-partitioned too).
     path: Path
-    sep: str | None = Field(None, min_length=1)  # CSV separator; None: inferred (, ; tab |)
-    encoding: str = "utf-8"  # of a CSV file; latin-1 or cp1252 for many older exports
+    """A CSV or Parquet file, or a folder of Parquet files (hive-partitioned too)."""
+    sep: str | None = Field(None, min_length=1)
+    """CSV separator; None: inferred (, ; tab |)"""
+    encoding: str = "utf-8"
+    """Of a CSV file; latin-1 or cp1252 for many older exports."""
     target: str = Field(min_length=1)
-    # Value of `target` that counts as the positive class; may be omitted for 0/1 or bool targets.
+    """The column to predict."""
     positive_label: Label | None = None
-    # Or several values (a multi-class target): these are positive, all others negative.
+    """Value of `target` that counts as the positive class; may be omitted for 0/1 or bool targets.
+    Value of `target` that counts as the positive class; may be omitted for 0/1 or bool targets."""
     positive_labels: list[Label] | None = Field(None, min_length=1)
+    """Or several values (a multi-class target): these are positive, all others negative."""
     id_columns: list[str] = []
-    # None: inferred from the table's dtypes (numbers are numeric, the rest categorical).
+    """Columns that identify a row (kept out of the features; `monitor` joins outcomes on them)."""
     numeric_features: list[str] | None = None
+    """None: inferred from the table's dtypes (numbers are numeric, the rest categorical)."""
     categorical_features: list[str] | None = None
+    """None: inferred, as numeric_features."""
     min_rows: int = Field(100, ge=10)
+    """Fewer rows in the table are refused."""
     min_rows_per_class: int = Field(10, ge=2)
+    """Fewer rows of either class are refused."""
 
     @field_validator("encoding")
     @classmethod
@@ -142,7 +151,9 @@ class DataConfig(_Section):
 
 class SplitConfig(_Section):
     test_size: float = Field(0.2, gt=0, lt=1)
+    """Share of rows held out for the test metrics (stratified)."""
     seed: int = 42
+    """Seeds the split, LightGBM and the in-memory tuning search."""
 
 
 # Set from ModelConfig's own fields or the split seed, never through model.params.
@@ -153,9 +164,13 @@ class ModelConfig(_Section):
     """LightGBM settings; `params` takes any other LGBMClassifier or LightGBM parameter."""
 
     n_estimators: int = Field(300, ge=1)
+    """Trees LightGBM grows (the ceiling, under early stopping)."""
     learning_rate: float = Field(0.03, gt=0, le=1)
+    """LightGBM's shrinkage per tree."""
     num_leaves: int = Field(15, ge=2)
+    """Leaves per tree at most."""
     params: dict[str, Any] = {}
+    """Any other LGBMClassifier parameter (n_jobs, min_child_samples, ...)."""
 
     @field_validator("params")
     @classmethod
@@ -177,10 +192,15 @@ class SearchDimension(_Section):
     """The range of one hyperparameter: low/high for int and float, or a list of choices."""
 
     type: Literal["int", "float", "categorical"]
+    """How the dimension is drawn."""
     low: float | None = None
+    """Lowest value of an int or float dimension."""
     high: float | None = None
+    """Highest value of an int or float dimension."""
     log: bool = False
+    """Drawn on a log scale (low > 0)."""
     choices: list[str | int | float | bool] | None = None
+    """The values of a categorical dimension."""
 
     @model_validator(mode="after")
     def _range_matches_type(self) -> "SearchDimension":
@@ -215,23 +235,31 @@ class TuningConfig(_Section):
     """Optuna search over LightGBM parameters, scored by cross-validated ROC AUC."""
 
     n_trials: int = Field(20, ge=1)
+    """Trials that finish (complete or pruned) in this process."""
     timeout_seconds: float | None = Field(None, gt=0)
-    n_jobs: int = Field(1, ge=1)  # trials run in parallel threads (1: reproducible)
+    """No trial starts after this long; None: no limit."""
+    n_jobs: int = Field(1, ge=1)
+    """Trials run in parallel threads (1: reproducible)"""
     cv_folds: int = Field(5, ge=2, le=20)
-    # Within a fold, LightGBM stops adding trees once its log loss on a part of the fold's
-    # training rows (`early_stopping_fraction`) has not improved for this many trees;
-    # `n_estimators` is the ceiling. None: every fold trains `n_estimators` trees.
+    """Folds of the cross-validation."""
     early_stopping_rounds: int | None = Field(50, ge=1)
+    """Within a fold, LightGBM stops adding trees once its log loss on a part of the fold's
+    training rows (`early_stopping_fraction`) has not improved for this many trees;
+    `n_estimators` is the ceiling. None: every fold trains `n_estimators` trees."""
     early_stopping_fraction: float = Field(0.1, gt=0, lt=0.5)
-    # After each fold, a trial whose running CV ROC AUC cannot win stops ("pruned"):
-    # median: below the median of earlier trials after as many folds; top_quartile: below
-    # their top quarter; none: every trial runs every fold.
+    """Share of a fold's training rows watched for early stopping."""
     pruner: Literal["median", "top_quartile", "none"] = "median"
-    pruner_startup_trials: int = Field(5, ge=0)  # trials that are never pruned, first
-    # Optuna RDB URL (postgresql://...) shared by several `track` processes; None: in memory.
+    """After each fold, a trial whose running CV ROC AUC cannot win stops ("pruned"): median: below
+    the median of earlier trials after as many folds; top_quartile: below their top quarter;
+    none: every trial runs every fold."""
+    pruner_startup_trials: int = Field(5, ge=0)
+    """Trials that are never pruned, first."""
     storage: str | None = None
+    """Optuna RDB URL (postgresql://...) shared by several `track` processes; None: in memory."""
     study_name: str = Field("churn-lightgbm", min_length=1)
+    """The Optuna study (a shared storage keeps it by this name)."""
     search_space: dict[str, SearchDimension] = Field(min_length=1)
+    """LightGBM parameter -> its range (see the search dimension's settings)."""
 
     @field_validator("search_space")
     @classmethod
@@ -243,21 +271,27 @@ class TuningConfig(_Section):
 
 class TrackingConfig(_Section):
     profile: Literal["local", "databricks"] = LOCAL_PROFILE
+    """databricks: runs to the workspace, models to Unity Catalog (docs: Databricks)."""
     experiment_name: str = Field("churn", min_length=1)
+    """The MLflow experiment runs go to."""
     experiment_description: str = ""
+    """Shown on the experiment's page."""
     experiment_tags: dict[str, str] = {}
-    # Name of the logged model inside its run (`runs:/<run_id>/<model_name>`).
+    """Set on the experiment."""
     model_name: str = Field("model", min_length=1)
+    """Name of the logged model inside its run (`runs:/<run_id>/<model_name>`)."""
     registered_model_name: str = Field(min_length=1)
-    # Moved to every version `train_basic` registers.
+    """The registered model's name."""
     alias: Alias = "latest-model"
+    """Moved to every version `train_basic` registers."""
     prediction_sample_rows: int = Field(20, ge=1)
-    # MLflow's scikit-learn/LightGBM autologging of the model's fit, beside the explicit
-    # logging (see tracking.autologged).
+    """Rows of `predictions/sample_predictions.csv`."""
     autolog: bool = False
-    # A RUNNING run whose process cannot be checked from here (another host, none
-    # recorded) is taken for stale after this long (`register -P action=stale|reap`).
+    """MLflow's scikit-learn/LightGBM autologging of the model's fit, beside the explicit logging
+    (see tracking.autologged)."""
     stale_after_hours: float = Field(24.0, gt=0)
+    """A RUNNING run whose process cannot be checked from here (another host, none recorded) is
+    taken for stale after this long (`register -P action=stale|reap`)."""
 
 
 class PromotionConfig(_Section):
@@ -265,16 +299,19 @@ class PromotionConfig(_Section):
     rows, it reaches `threshold` and beats the champion by at least `min_improvement`."""
 
     metric: str = "roc_auc"
-    # The challenger's bar: a minimum, or a maximum for a lower-is-better metric (log_loss).
+    """The gate's metric: roc_auc, pr_auc, log_loss, f1_score, ..."""
     threshold: float
-    # Over the champion, in the metric's units; MLflow's validation needs it positive.
+    """The challenger's bar: a minimum, or a maximum for a lower-is-better metric (log_loss)."""
     min_improvement: float = Field(gt=0)
-    # A table no candidate trained on, same columns as `data`; None: the test split of `data`.
+    """Over the champion, in the metric's units; MLflow's validation needs it positive."""
     holdout_path: Path | None = None
+    """A table no candidate trained on, same columns as `data`; None: the test split of `data`."""
     champion_alias: Alias = "champion"
+    """The alias of the model in service."""
     challenger_alias: Alias = "challenger"
-    # Where the champion goes when replaced: a rollback moves `champion` back to it.
+    """The alias of the candidate under review."""
     previous_champion_alias: Alias = "previous-champion"
+    """Where the champion goes when replaced: a rollback moves `champion` back to it."""
 
     @field_validator("metric")
     @classmethod
@@ -307,38 +344,50 @@ class CostMatrix(_Section):
     """Cost of each outcome of a decision, in any one unit (money, say)."""
 
     false_positive: float = Field(1.0, ge=0)
+    """Cost of acting on a row that turns out negative."""
     false_negative: float = Field(1.0, ge=0)
+    """Cost of missing a positive row."""
     true_positive: float = Field(0.0, ge=0)
+    """Cost of acting on a positive row."""
     true_negative: float = Field(0.0, ge=0)
+    """Cost of leaving a negative row alone."""
 
 
 class DecisionConfig(_Section):
     """How the custom model's decision threshold is tuned, on out-of-fold predictions of
     the training split (rows the test split's metrics never see)."""
 
-    objective: Literal["f1", "cost"] = "f1"  # maximise F1, or minimise the expected cost
+    objective: Literal["f1", "cost"] = "f1"
+    """Maximise F1, or minimise the expected cost."""
     costs: CostMatrix = CostMatrix()
+    """Used when objective is cost."""
     cv_folds: int = Field(5, ge=2, le=20)
+    """Folds of the cross-validation."""
 
 
 class CustomModelConfig(_Section):
     """The pyfunc wrapper served in front of the registered pipeline."""
 
     registered_model_name: str = Field(min_length=1)
-    # Set once the wrapped model passes its checks.
+    """The registered model's name."""
     alias: Alias = "champion"
-    # The pipeline wrapped by default: the first of these aliases that exists.
+    """Set once the wrapped model passes its checks."""
     source_aliases: list[Alias] = Field(["champion", "latest-model"], min_length=1)
+    """The pipeline wrapped by default: the first of these aliases that exists."""
     decision: DecisionConfig = DecisionConfig()
-    # Probabilities below the first cut get the first label, and so on.
+    """How the decision threshold is tuned."""
     risk_band_cuts: list[float] = [0.3, 0.6]
+    """Probabilities below the first cut get the first label, and so on."""
     risk_band_labels: list[str] = ["low", "medium", "high"]
-    top_k: int = Field(3, ge=1)  # reasons returned per row when asked (`explain`)
-    max_rows: int = Field(10_000, ge=1)  # per request; larger ones are refused (HTTP 400)
-    # `mlflow models predict --env-manager` of the isolated-environment check; none skips it.
+    """One label per band: one more than the cuts."""
+    top_k: int = Field(3, ge=1)
+    """Reasons returned per row when asked (`explain`)"""
+    max_rows: int = Field(10_000, ge=1)
+    """Per request; larger ones are refused (HTTP 400)"""
     check_env_manager: Literal["uv", "virtualenv", "conda", "none"] = "uv"
-    # A check process that has not answered by then is a failed check (and is stopped).
+    """`mlflow models predict --env-manager` of the isolated-environment check; none skips it."""
     check_timeout_seconds: float = Field(900, gt=0)
+    """A check process that has not answered by then is a failed check (and is stopped)."""
 
     @model_validator(mode="after")
     def _bands_fit(self) -> "CustomModelConfig":
@@ -358,23 +407,25 @@ class ModelCodeConfig(_Section):
     wheel, carried in each model's `code/` directory."""
 
     package_dir: Path = Path("custom_model")
+    """The package built into the wheel."""
     wheel_dir: Path = Path("wheels")
+    """Where the wheel is written."""
 
 
 class TrustConfig(_Section):
     """What this project may load that could run code of its author's."""
 
-    # A pipeline saved with pickle or cloudpickle (not skops) runs code when it is loaded:
-    # `register` and `custom_model` refuse one unless you trust whoever logged it.
     allow_pickle: bool = False
+    """A pipeline saved with pickle or cloudpickle (not skops) runs code when it is loaded:
+    `register` and `custom_model` refuse one unless you trust whoever logged it."""
 
 
 class ComputeConfig(_Section):
     """CPU use of every entry point (see tabular_mlops.core.resources)."""
 
-    # Threads a step may use; None: the cores this process may run on (its CPU affinity,
-    # capped by a cgroup CPU quota). model.params.n_jobs sets LightGBM's per model.
     threads: int | None = Field(None, ge=1)
+    """Threads a step may use; None: the cores this process may run on (its CPU affinity, capped by
+    a cgroup CPU quota). model.params.n_jobs sets LightGBM's per model."""
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
