@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from docs_build.reference import pages
+from docs_build.reference import ROOT, pages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.check:
         for path in stale:
-            print(f"stale: {path} (python -m docs_build writes it)", file=sys.stderr)
+            print(
+                f"stale: {path.relative_to(ROOT)} (python -m docs_build writes it)", file=sys.stderr
+            )
         return 1 if stale else 0
     for path, text in pages().items():
         path.parent.mkdir(parents=True, exist_ok=True)

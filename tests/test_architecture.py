@@ -22,6 +22,7 @@ PACKAGES = (
     "team_stack",
     "test_support",
     "bench",
+    "docs_build",
     "tests",
     "custom_model/src/tabular_custom_model",
 )

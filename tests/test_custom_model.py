@@ -21,9 +21,10 @@ from tabular_mlops.cli.commands import parser_for
 from tabular_mlops.core import data
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.errors import ConfigError, PromotionError
+from tabular_mlops.core.model_sections import CostMatrix, DecisionConfig
 from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.core.pipeline import build_pipeline, input_column_of_encoded_features
-from tabular_mlops.core.sections import CostMatrix, DecisionConfig, TrustConfig
+from tabular_mlops.core.sections import TrustConfig
 from tabular_mlops.core.thresholds import expected_cost, tune_threshold
 from tabular_mlops.jobs import checks
 from tabular_mlops.jobs.entry_points import CUSTOM_MODEL

@@ -1,5 +1,6 @@
 """The Databricks profile: what can be checked without a workspace (names, URIs,
-refusals). Running on a workspace is described in the README and not done here."""
+refusals, the bundle). Running on a workspace is described in docs/databricks.md and not
+done here."""
 
 import os
 from collections.abc import Iterator
@@ -133,3 +134,36 @@ def test_a_config_extends_another_and_refuses_a_circle(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"config file not found: .*missing\.yaml"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_the_bundle_runs_the_chain_as_tasks_each_steps_parser_takes() -> None:
+    """databricks.yml (not run here): the job's tasks are main's steps in order, each the
+    step's own module on the project's wheel, with parameters its parser takes and files
+    that exist."""
+    import yaml
+
+    from tabular_mlops.cli.commands import parser_for
+    from tabular_mlops.jobs.entry_points import ENTRY_POINTS, STEPS
+
+    bundle = yaml.safe_load((PROJECT_DIR / "databricks.yml").read_text())
+    (job,) = bundle["resources"]["jobs"].values()
+    tasks = job["tasks"]
+    assert [task["task_key"] for task in tasks] == [step.name for step in STEPS]
+    for before, task in zip([None, *tasks], tasks, strict=False):
+        after = [{"task_key": before["task_key"]}] if before else None
+        assert task.get("depends_on") == after
+        entry = ENTRY_POINTS[task["task_key"]]
+        python_file = task["spark_python_task"]["python_file"]
+        assert (PROJECT_DIR / python_file).is_file()
+        assert python_file == f"./{entry.module.replace('.', '/')}.py"
+        synced = [
+            argument.replace("${workspace.file_path}", str(PROJECT_DIR))
+            for argument in task["spark_python_task"]["parameters"]
+        ]
+        arguments = parser_for(entry).parse_args(synced)
+        assert Path(arguments.config) == DATABRICKS_CONFIG
+        assert Path(arguments.data_path).is_file()
+        libraries = [next(iter(library.values())) for library in task["libraries"]]
+        assert libraries == ["./dist/*.whl", "./requirements.lock"]
+        assert (PROJECT_DIR / "requirements.lock").is_file()
+    assert bundle["artifacts"]["wheel"]["build"].endswith("-w dist")

@@ -19,6 +19,7 @@ from mlflow.utils.mlflow_tags import (
 
 from tabular_mlops.core.names import Tag
 from tabular_mlops.mlflow.descriptions import runs_page
+from test_support import screenshots
 from test_support.servers import LOOPBACK, background_server, free_port
 from tests.conftest import (
     E2E_EXPERIMENT,
@@ -167,7 +168,8 @@ CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browse
 def test_the_ui_shows_the_runs_the_models_and_the_plots(
     first: MainRun, project: Path, tmp_path: Path
 ) -> None:
-    """MLflow's UI on the chain's store, in a headless browser; screenshots in tmp_path."""
+    """MLflow's UI on the chain's store, in a headless browser; screenshots in tmp_path (and,
+    with UPDATE_SCREENSHOTS=1, those docs/getting-started.md shows)."""
     from playwright.sync_api import Page, sync_playwright
 
     port = free_port()
@@ -196,6 +198,7 @@ def test_the_ui_shows_the_runs_the_models_and_the_plots(
             "main fast.yaml n_trials=2 check_env_manager=none", exact=True
         ).first.wait_for()
         page.screenshot(path=tmp_path / "experiment.png")
+        screenshots.keep(tmp_path / "experiment.png", "ui-experiment.png")
         assert f"/experiments/{experiment_id}/runs" in page.url
 
         # The served model's page, with its description and alias (the pipeline's page is
@@ -204,6 +207,7 @@ def test_the_ui_shows_the_runs_the_models_and_the_plots(
         page.get_by_text("Serves decisions on churn = Yes").first.wait_for(timeout=30_000)
         page.get_by_text("champion").first.wait_for()
         page.screenshot(path=tmp_path / "model-churn-service.png")
+        screenshots.keep(tmp_path / "model-churn-service.png", "ui-model.png")
 
         # The run page lists the evaluation's plots, and shows one.
         page = opened(f"{ui}/#/experiments/{experiment_id}/runs/{basic_run_id}/artifacts")
@@ -212,6 +216,7 @@ def test_the_ui_shows_the_runs_the_models_and_the_plots(
         page.get_by_text("roc_curve_plot.png", exact=True).first.click()
         page.locator("img[src^='blob:']").first.wait_for(timeout=30_000)  # the plot, loaded
         page.screenshot(path=tmp_path / "run-plots.png")
+        screenshots.keep(tmp_path / "run-plots.png", "ui-run-plots.png")
         browser.close()
     assert sorted(path.name for path in tmp_path.glob("*.png")) == [
         "experiment.png", "model-churn-service.png", "run-plots.png",

@@ -2,8 +2,6 @@
 outcomes flipped, and bad input, in process; and one night through `mlflow run`."""
 
 import logging
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 
 from steps import monitor as monitor_step
 from tabular_mlops.core.names import Artifact, Tag
+from test_support import screenshots
 from tests.conftest import (
     churn_frame,
     copy_of_trained_store,
@@ -156,10 +155,6 @@ def test_an_empty_batch_is_ok_with_a_warning(store: Path, caplog: pytest.LogCapt
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
-# Where the README's screenshot lives; UPDATE_SCREENSHOTS=1 writes it from this test.
-REPORT_SCREENSHOT = (
-    Path(__file__).resolve().parent.parent / "docs" / "images" / "monitor-report.png"
-)
 
 
 @pytest.mark.integration
@@ -186,9 +181,7 @@ def test_the_report_opens_as_it_is_from_the_run(store: Path, tmp_path: Path) -> 
         browser.close()
     assert loaded >= 2  # the scores' plot and the most drifted features'
     assert shot.stat().st_size > 10_000
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        REPORT_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, REPORT_SCREENSHOT)
+    screenshots.keep(shot, "monitor-report.png")  # docs/entry-points/monitor.md shows it
 
 
 @pytest.mark.system

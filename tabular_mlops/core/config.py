@@ -11,13 +11,12 @@ from pydantic import PrivateAttr, ValidationError, model_validator
 
 from tabular_mlops.core.batch_sections import BatchConfig, MonitoringConfig
 from tabular_mlops.core.errors import ConfigError
+from tabular_mlops.core.model_sections import CustomModelConfig, ModelCodeConfig
 from tabular_mlops.core.redaction import is_secret_name, redact, redact_values
 from tabular_mlops.core.sections import (
     DATABRICKS_PROFILE,
     ComputeConfig,
-    CustomModelConfig,
     DataConfig,
-    ModelCodeConfig,
     ModelConfig,
     PromotionConfig,
     SplitConfig,

@@ -14,7 +14,7 @@ from sklearn.model_selection import (
 )
 from sklearn.pipeline import Pipeline
 
-from tabular_mlops.core.sections import CostMatrix, DecisionConfig
+from tabular_mlops.core.model_sections import CostMatrix, DecisionConfig
 
 # Candidate thresholds: every half percent.
 CANDIDATES = np.round(np.arange(0.005, 1.0, 0.005), 3)

@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 
 from tabular_mlops.core import monitoring, thresholds
 from tabular_mlops.core.data import LabeledTable
+from tabular_mlops.core.model_sections import CostMatrix, DecisionConfig
 from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.core.pipeline import feature_importance
 from tabular_mlops.core.plots import pyplot
@@ -26,8 +27,6 @@ from tabular_mlops.core.sections import (
     AT_F1_THRESHOLD,
     F1_THRESHOLD,
     HEADLINE_METRICS,
-    CostMatrix,
-    DecisionConfig,
 )
 from tabular_mlops.mlflow.model_trust import CheckedModel, LoadPolicy
 from tabular_mlops.mlflow.pipeline_model import stock_face

@@ -17,7 +17,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.types import Schema
 
-from tabular_mlops.core.sections import CustomModelConfig
+from tabular_mlops.core.model_sections import CustomModelConfig
 from tabular_mlops.mlflow import deserialization
 from tabular_mlops.mlflow.pipeline_model import (
     INPUT_SCHEMA,

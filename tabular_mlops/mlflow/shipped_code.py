@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tabular_mlops.core.errors import ConfigError
 from tabular_mlops.core.files import write_atomically
-from tabular_mlops.core.sections import ModelCodeConfig
+from tabular_mlops.core.model_sections import ModelCodeConfig
 
 logger = logging.getLogger(__name__)
 
