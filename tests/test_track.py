@@ -353,6 +353,37 @@ def test_a_trial_the_database_lost_while_it_was_created_ends_failed(
 
 
 @pytest.mark.unit
+def test_a_result_recorded_before_its_answer_was_lost_counts_as_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database that commits a trial's result and then drops the connection before
+    answering (seen in a whole-suite run: a PostgreSQL restart) leaves that trial finished:
+    the search counts it, and runs `n_trials` in all, not one more."""
+    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0,))
+    lost = [1]
+
+    class LosingOneAnswer(tune._SharedStorage):
+        def set_trial_state_values(self, *args: Any, **kwargs: Any) -> bool:
+            recorded = super().set_trial_state_values(*args, **kwargs)
+            if lost[0]:
+                lost[0] -= 1
+                raise optuna.exceptions.StorageInternalError("server closed the connection")
+            return recorded
+
+    tuning = load_config(CHURN_CONFIG).require_tuning()
+    tuning = tuning.model_copy(update={"n_trials": 3, "storage": f"sqlite:///{tmp_path}/o.db"})
+    created: set[int] = set()
+    study = optuna.create_study(storage=LosingOneAnswer(tuning.storage, created))
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(BEST_ITERATION, 10)  # as a real trial records it
+        return trial.suggest_float("x", 0, 1)
+
+    tune._optimize(study, objective, tuning, created)
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+@pytest.mark.unit
 def test_a_storage_failure_is_recognised_behind_what_optuna_raises_instead() -> None:
     try:
         try:

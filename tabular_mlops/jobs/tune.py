@@ -239,15 +239,16 @@ def _optimize(
     `created` that the failure caught ends FAILED and another replaces it."""
     progress = _Progress(tuning.n_trials)
     deadline = None if tuning.timeout_seconds is None else time.monotonic() + tuning.timeout_seconds
-    failed_before = False
+    remaining: int | None = tuning.n_trials
     for pause in (*STORAGE_PAUSES, None):
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            if failed_before:  # reaches the database too: it may still be down
+            if remaining is None:  # after a failure; reaches the database: it may still be down
                 _fail_unfinished(study, created)
+                remaining = tuning.n_trials - _finished(study, created)
             study.optimize(
                 objective,
-                n_trials=tuning.n_trials - progress.finished,
+                n_trials=remaining,
                 timeout=timeout,
                 n_jobs=tuning.n_jobs,
                 callbacks=[progress],
@@ -262,7 +263,7 @@ def _optimize(
                 pause,
             )
             time.sleep(pause)
-            failed_before = True
+            remaining = None  # counted again from the database once it answers
 
 
 def _import_what_follows() -> None:
@@ -366,19 +367,24 @@ def _fail_unfinished(study: optuna.Study, created: set[int]) -> None:
             client.set_terminated(run_id, Status.FAILED)
 
 
+def _finished(study: optuna.Study, created: set[int]) -> int:
+    """The trials this process `created` that the database holds finished: a result whose
+    answer the failure lost (committed, then the connection dropped) counts, as it should."""
+    states = (COMPLETE, PRUNED)
+    return sum(trial.number in created for trial in study.get_trials(False, states=states))
+
+
 class _Progress:
     """One log line per finished trial: its score (or where it was pruned), the best so
-    far, time spent. `finished` counts the trials that completed or were pruned."""
+    far, time spent."""
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.done = 0
-        self.finished = 0
         self.start = time.monotonic()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.done += 1
-        self.finished += trial.state in (COMPLETE, PRUNED)
         elapsed = time.monotonic() - self.start
         if trial.state == PRUNED:
             logger.info(
