@@ -214,9 +214,21 @@ def load(url: str, bodies: list[bytes], requests: int, concurrency: int) -> Serv
 def serving(models: Models, directory: Path) -> Iterator[dict[str, str]]:
     """The three models served at once (their start-up overlaps); idle ones cost nothing."""
     uris = {"no-op": models.noop_uri, "stock": models.pipeline_uri, "custom": models.custom_uri}
+    # The no-op model is not code the project ships: served only by a config that trusts
+    # its author (this bench).
+    trusting = directory / "trusting.yaml"
+    shipped = Path(__file__).resolve().parent.parent / DEFAULT_CONFIG_PATH
+    trusting.write_text(f"extends: {shipped}\ntrust:\n  allow_pickle: true\n")
     with ExitStack() as stack:
         urls = {
-            name: stack.enter_context(model_server(uri, "local", directory / f"{name}.log"))
+            name: stack.enter_context(
+                model_server(
+                    uri,
+                    "local",
+                    directory / f"{name}.log",
+                    options=["--config", str(trusting)] if name == "no-op" else [],
+                )
+            )
             for name, uri in uris.items()
         }
         yield urls

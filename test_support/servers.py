@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
@@ -95,12 +95,13 @@ def model_server(
     log_path: Path,
     env: dict[str, str] | None = None,
     timeout: float = 600,  # uv builds the model's environment first
+    options: Sequence[str] = (),  # of SERVE_MODULE: --config ...
 ) -> Iterator[str]:
     """`mlflow models serve` with one worker on a free loopback port, as the project
     documents it (SERVE_MODULE: the model checked first); yields its base URL.
     `--env-manager local` runs it with this interpreter's packages."""
     port = free_port()
-    command = [sys.executable, "-m", SERVE_MODULE, model_uri]
+    command = [sys.executable, "-m", SERVE_MODULE, model_uri, *options]
     command += ["-h", LOOPBACK, "-p", str(port), "-w", "1", "--env-manager", env_manager]
     # `--env-manager local` starts uvicorn from PATH: this interpreter's first.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"

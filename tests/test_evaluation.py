@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from tabular_mlops.core.data import FeatureSpec
+from tabular_mlops.core.data import FeatureSpec, Split
 from tabular_mlops.core.pipeline import build_pipeline
 from tabular_mlops.core.sections import ModelConfig
 from tabular_mlops.mlflow.evaluation import log_f1_threshold_metrics
@@ -30,7 +30,8 @@ def test_f1_at_the_tuned_threshold_where_nothing_crosses_one_half() -> None:
     pipeline.fit(X_train, y_train)
     assert f1_score(y_test, pipeline.predict(X_test), zero_division=0) < 0.1  # reads "broken"
     with mlflow.start_run() as run:
-        metrics = log_f1_threshold_metrics(pipeline, X_train, y_train, X_test, y_test, seed=0)
+        parts = Split(X_train, X_test, y_train, y_test, ids_test=pd.DataFrame())
+        metrics = log_f1_threshold_metrics(pipeline, parts, seed=0, folds=5)
     assert 0 < metrics["f1_threshold"] < 0.5
     assert metrics["f1_score_at_f1_threshold"] > 0.25
     decided = pipeline.predict_proba(X_test)[:, 1] >= metrics["f1_threshold"]

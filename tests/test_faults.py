@@ -102,11 +102,12 @@ def test_a_chain_killed_before_its_model_is_logged_is_reaped_and_rerun(
     assert "has ended" in run.data.tags[Tag.ERROR]
     leave_no_run_behind()
 
-    rerun = mlflow_run(project, store, "main", *CHAIN)
+    # The killed step again, alone (main reruns only what is not a finished run of the
+    # same inputs: tests/test_chain.py; the whole chain: tests/test_e2e_main.py).
+    rerun = mlflow_run(project, store, "train_basic", FAST_CONFIG)
     assert rerun.returncode == 0, rerun.stderr[-5000:]
     assert "RUNNING" not in runs_by_status()
     assert_invariants(PIPELINES)
-    assert_invariants(SERVICE)
 
 
 @dataclass(frozen=True)

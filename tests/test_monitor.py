@@ -1,5 +1,6 @@
 """The `monitor` entry point on the session's trained models: a quiet night, a drifted one,
-outcomes flipped, and bad input, in process; and one night through `mlflow run`."""
+outcomes flipped, and bad input, in process; one night through `mlflow run`, and the
+retrain leg of the nightly loop."""
 
 import logging
 import subprocess
@@ -12,7 +13,10 @@ import pandas as pd
 import pytest
 
 from steps import monitor as monitor_step
+from tabular_mlops.cli import nightly
+from tabular_mlops.core.config import load_config
 from tabular_mlops.core.names import Artifact, Tag
+from tabular_mlops.jobs.train import train_basic
 from test_support import screenshots
 from tests.conftest import (
     churn_frame,
@@ -185,20 +189,18 @@ def test_the_report_opens_as_it_is_from_the_run(store: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.system
-def test_a_drifted_night_retrains_through_the_gate(
+def test_a_drifted_night_through_mlflow_run_asks_for_its_outcomes(
     trained_store: Path, tmp_path: Path, project: Path
 ) -> None:
-    """scripts/nightly.sh's loop: batch_score, monitor (retrain), then the chain on the
-    night's labelled rows; the gate reviews its challenger and an alias moves only if the
-    review passed."""
+    """scripts/nightly.sh's loop as a user runs it: batch_score and monitor through
+    `mlflow run`; a drifted night without outcomes ends `retrain` asking for them (exit 3),
+    nothing trained. With outcomes: the next test (and `mlflow run .` itself:
+    tests/test_e2e_main.py)."""
     store = copy_of_trained_store(trained_store, tmp_path)
-    frame = drifted(night(6, rows=3000))
-    frame.drop(columns=[TARGET]).to_csv(tmp_path / "night.csv", index=False)
-    frame[[ID, TARGET]].to_csv(tmp_path / "outcomes.csv", index=False)
+    drifted(night(6, rows=3000)).drop(columns=[TARGET]).to_csv(tmp_path / "night.csv", index=False)
     command = [sys.executable, "-m", "tabular_mlops.cli.nightly"]
-    command += ["--input", str(tmp_path / "night.csv"), "--labels", str(tmp_path / "outcomes.csv")]
-    command += ["--output", str(tmp_path / "scores"), "--config", "tests/fast.yaml"]
-    command += ["-P", "n_trials=1", "-P", "check_env_manager=none"]
+    command += ["--input", str(tmp_path / "night.csv"), "--output", str(tmp_path / "scores")]
+    command += ["--config", "tests/fast.yaml"]
     done = subprocess.run(
         command,
         cwd=project,
@@ -207,21 +209,50 @@ def test_a_drifted_night_retrains_through_the_gate(
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "verdict: retrain" in done.stderr
+    assert done.returncode == nightly.NEEDS_LABELS, done.stderr[-4000:]
+    assert "verdict: retrain" in done.stderr and "run again with --labels" in done.stderr
     client = mlflow.MlflowClient(store)
     experiment = client.get_experiment_by_name("churn").experiment_id
-    by_entry = {}
+    by_entry: dict[str | None, list[mlflow.entities.Run]] = {}
     for run in client.search_runs([experiment]):
         by_entry.setdefault(run.data.tags.get(Tag.ENTRY_POINT), []).append(run)
     assert {run.info.status for run in by_entry["batch_score"]} == {"FINISHED"}
-    (main_run,) = by_entry["main"]
-    assert main_run.data.params["data_path"].endswith("train-night.csv")
-    (review,) = [run for run in by_entry["register"] if Tag.ROLE not in run.data.tags]
-    verdict = review.data.tags[Tag.VERDICT]
-    champion = client.get_registered_model("churn-classifier").aliases.get("champion")
-    candidate = review.data.tags.get(Tag.CHAMPION_URI, "")
-    if verdict == "passed":
-        assert candidate.endswith(f"/{champion}")
-    else:
-        assert champion is None  # the trained store had no champion: none was made
+    (judged,) = by_entry["monitor"]
+    assert judged.data.tags[Tag.VERDICT] == "retrain"
+    assert "main" not in by_entry and "train_basic" not in by_entry
+
+
+@pytest.mark.integration
+def test_a_drifted_night_with_outcomes_retrains_on_them(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain leg: the night's rows joined with their outcomes become the chain's
+    table, and `main` runs on it with the -P values given (here each `mlflow run` is
+    recorded, and monitor runs in process); train_basic trains on that table."""
+    frame = drifted(night(6, rows=3000))
+    frame.drop(columns=[TARGET]).to_csv(store / "night.csv", index=False)
+    frame[[ID, TARGET]].to_csv(store / "outcomes.csv", index=False)
+    config = shipped_config_file(store)
+    launched: list[tuple[str, dict[str, str]]] = []
+
+    def recorded(entry_point: str, parameters: dict[str, str], args: object) -> str:
+        launched.append((entry_point, parameters))
+        if entry_point != "monitor":
+            return f"{entry_point}-run"
+        argv = ["--config", str(config), "--input", parameters["input"]]
+        assert monitor_step.main([*argv, "--labels", parameters["labels"]]) == 0
+        return monitor_run().info.run_id
+
+    monkeypatch.setattr(nightly, "mlflow_run", recorded)
+    argv = ["--input", str(store / "night.csv"), "--labels", str(store / "outcomes.csv")]
+    argv += ["--output", str(store / "scores"), "--config", str(config), "-P", "n_trials=1"]
+    assert nightly.main(argv) == 0
+    assert [entry for entry, _ in launched] == ["batch_score", "monitor", "main"]
+    parameters = launched[-1][1]
+    assert parameters["n_trials"] == "1"
+    table = Path(parameters["data_path"])
+    assert table.name == "train-night.csv"
+    joined = pd.read_csv(table)
+    assert len(joined) == len(frame) and joined[TARGET].notna().all()
+    trained = train_basic(load_config(config, {"data.path": str(table)}))
+    assert mlflow.get_run(trained.run_id).info.status == "FINISHED"

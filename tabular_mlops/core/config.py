@@ -11,7 +11,11 @@ from pydantic import PrivateAttr, ValidationError, model_validator
 
 from tabular_mlops.core.batch_sections import BatchConfig, MonitoringConfig
 from tabular_mlops.core.errors import ConfigError
-from tabular_mlops.core.model_sections import CustomModelConfig, ModelCodeConfig
+from tabular_mlops.core.model_sections import (
+    CustomModelConfig,
+    DecisionConfig,
+    ModelCodeConfig,
+)
 from tabular_mlops.core.redaction import is_secret_name, redact, redact_values
 from tabular_mlops.core.sections import (
     DATABRICKS_PROFILE,
@@ -59,6 +63,11 @@ class ProjectConfig(_Section):
     # (dotted key -> value); set by load_config, shown in run names and descriptions.
     _source: Path = PrivateAttr(DEFAULT_CONFIG_PATH)
     _overrides: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @property
+    def decision(self) -> DecisionConfig:
+        """How decision thresholds are tuned: the custom model's settings, or the defaults."""
+        return self.custom_model.decision if self.custom_model else DecisionConfig()
 
     @property
     def source(self) -> Path:

@@ -118,7 +118,7 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
             pipeline, model_info.model_uri, parts.X_test, parts.y_test, LoadPolicy.of(config)
         )
         metrics |= evaluation.log_f1_threshold_metrics(
-            pipeline, parts.X_train, parts.y_train, parts.X_test, parts.y_test, config.split.seed
+            pipeline, parts, config.split.seed, config.decision.cv_folds
         )
         evaluation.log_reference_profile(pipeline, table, parts.X_train, parts.X_test, metrics)
 

@@ -18,8 +18,8 @@ from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from tabular_mlops.core import monitoring, thresholds
-from tabular_mlops.core.data import LabeledTable
-from tabular_mlops.core.model_sections import CostMatrix, DecisionConfig
+from tabular_mlops.core.data import LabeledTable, Split
+from tabular_mlops.core.model_sections import CostMatrix
 from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.core.pipeline import feature_importance
 from tabular_mlops.core.plots import pyplot
@@ -85,20 +85,16 @@ def evaluate_model(model: CheckedModel, X: pd.DataFrame, y: pd.Series) -> Evalua
 
 
 def log_f1_threshold_metrics(
-    pipeline: Pipeline,
-    X_train: pd.DataFrame,
-    y_train: pd.Series,
-    X_test: pd.DataFrame,
-    y_test: pd.Series,
-    seed: int,
+    pipeline: Pipeline, parts: Split, seed: int, folds: int
 ) -> dict[str, float]:
     """F1, precision and recall on the test split at the threshold that maximises F1 on
-    out-of-fold predictions of the training split (`f1_threshold`). At 0.5 they say
-    little on imbalanced data: on a table with 5% positives nothing may cross 0.5, and
-    F1 reads 0 for a model that ranks well."""
-    threshold = thresholds.f1_threshold(pipeline, X_train, y_train, DecisionConfig().cv_folds, seed)
-    probability = pipeline.predict_proba(X_test)[:, 1]
-    at = thresholds.decision_metrics(y_test, probability, threshold, CostMatrix())
+    `folds`-fold out-of-fold predictions of the training split (`f1_threshold`; the folds
+    the custom model tunes its decision threshold with). At 0.5 they say little on
+    imbalanced data: on a table with 5% positives nothing may cross 0.5, and F1 reads 0 for
+    a model that ranks well."""
+    threshold = thresholds.f1_threshold(pipeline, parts.X_train, parts.y_train, folds, seed)
+    probability = pipeline.predict_proba(parts.X_test)[:, 1]
+    at = thresholds.decision_metrics(parts.y_test, probability, threshold, CostMatrix())
     metrics = {F1_THRESHOLD: threshold} | {
         f"{name}{AT_F1_THRESHOLD}": at[name]
         for name in ("f1_score", "precision_score", "recall_score")
