@@ -3,8 +3,13 @@ README short, linked to every page, free of measured figures, and its quick star
 commands the end-to-end tests run. `scripts/test.sh` builds the site with
 `mkdocs build --strict` (broken links and missing pages fail)."""
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -124,3 +129,21 @@ def test_the_images_the_pages_show_exist() -> None:
     for page in docs.rglob("*.md"):
         for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
             assert (page.parent / image).resolve().is_file(), (page.name, image)
+
+
+def test_a_broken_link_fails_the_sites_strict_build(tmp_path: Path) -> None:
+    """What scripts/test.sh runs on the site, shown to fail on a broken link."""
+    shutil.copytree(PROJECT_DIR / "docs", tmp_path / "docs")
+    shutil.copy(PROJECT_DIR / "mkdocs.yml", tmp_path)
+    with (tmp_path / "docs" / "index.md").open("a") as index:
+        index.write("\n[gone](no-such-page.md)\n")
+    built = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "s")],
+        cwd=tmp_path,
+        env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode != 0
+    assert "contains a link 'no-such-page.md'" in built.stderr
