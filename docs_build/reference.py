@@ -1,6 +1,9 @@
 """Markdown generated from the project's own declarations."""
 
 import ast
+import inspect
+import itertools
+import textwrap
 import tomllib
 import types
 import typing
@@ -107,6 +110,23 @@ def _sections(model: type[BaseModel], prefix: str) -> list[tuple[str, type[BaseM
     return found
 
 
+def _setting_help(model: type[BaseModel]) -> dict[str, str]:
+    """Each setting of `model` -> the docstring written under it in the class."""
+    (body,) = ast.parse(textwrap.dedent(inspect.getsource(model))).body
+    assert isinstance(body, ast.ClassDef)
+    found = {}
+    for field, after in itertools.pairwise(body.body):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            found[field.target.id] = after.value.value
+    return found
+
+
 def configuration_reference() -> str:
     """Every setting of the YAML config: its type, default and help, section by section."""
     parts = [
@@ -123,9 +143,10 @@ def configuration_reference() -> str:
         if model.__doc__ and path:
             parts.append(_cell(model.__doc__) + "\n")
         parts.append("| setting | type | default | what |\n| --- | --- | --- | --- |")
+        helps = _setting_help(model)
         for name, field in model.model_fields.items():
             key = f"{path}.{name}" if path else name
-            help_text = _cell(field.description or "")
+            help_text = _cell(helps.get(name, ""))
             parts.append(
                 f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {help_text} |"
             )
