@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from tabular_mlops.core.files import write_atomically
+
 PAGES = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 DIGEST_MARK = "bench digest:"
 
@@ -75,9 +77,7 @@ def write(
         f"{body.strip()}\n"
     )
     page.parent.mkdir(parents=True, exist_ok=True)
-    written = page.with_suffix(".tmp")
-    written.write_text(text)
-    written.replace(page)  # the old page or the new one, never half of one
+    write_atomically(page, text)
     print(f"\nwritten: {page}", file=sys.stderr)
     return page
 
