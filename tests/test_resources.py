@@ -77,6 +77,13 @@ def test_tuning_thread_plan(
     assert (got.parallel_trials, got.parallel_folds, got.model_threads) == plan
 
 
+def test_a_model_of_a_small_table_runs_lightgbm_on_one_thread() -> None:
+    small, large = resources.PARALLEL_MODEL_ROWS - 1, resources.PARALLEL_MODEL_ROWS
+    assert resources.model_threads(4, small) == 1
+    assert resources.model_threads(4, large) == 4
+    assert resources.model_threads(1, large) == 1
+
+
 def test_lightgbm_threads_come_from_the_plan_unless_the_config_sets_them() -> None:
     assert build_classifier(ModelConfig(), seed=0, threads=3).n_jobs == 3
     for name in ("n_jobs", "num_threads", "nthread"):
