@@ -22,9 +22,9 @@ from test_support.stopping import ISOLATED_CHECK, interrupt
 from tests.conftest import (
     FAST_CONFIG,
     SERVICE_URI,
+    copy_of_trained_store,
     mlflow_run,
     mlflow_run_environment,
-    new_store,
     post,
     served,
     session_env_root,
@@ -44,11 +44,12 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(project: Path, tmp_path_factory: pytest.TempPathFactory) -> Service:
-    store = new_store(tmp_path_factory.mktemp("service"))
-    trained = mlflow_run(project, store, "train_basic", FAST_CONFIG)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    # The pipeline's latest-model, with a small row limit to test.
+def service(
+    project: Path, trained_store: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Service:
+    # The session's trained pipeline (`mlflow run -e train_basic` has its own tests), its
+    # latest-model wrapped again: version 2 of the service model, with a small row limit.
+    store = copy_of_trained_store(trained_store, tmp_path_factory.mktemp("service"))
     wrapped = mlflow_run(project, store, "custom_model", FAST_CONFIG, f"max_rows={MAX_ROWS}")
     assert wrapped.returncode == 0, wrapped.stderr[-3000:]
     use_store(store)
@@ -126,7 +127,7 @@ def test_served_answers_match_in_process(
 
     explained = in_process_answer(rows, params)["predictions"]
     assert [len(reasons) for reasons in explained["reasons"]] == [2] * len(rows)
-    assert set(explained["model_version"]) == {"1"}
+    assert set(explained["model_version"]) == {"2"}
 
 
 def split_body(rows: pd.DataFrame, **more: Any) -> bytes:
