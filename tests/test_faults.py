@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from tabular_mlops.jobs.register import register
 from tabular_mlops.jobs.train import train_basic
 from tabular_mlops.mlflow import registry
 from tabular_mlops.runtime.faults import FAULT_ENV, FaultPoint
+from test_support.stopping import MARK_ENV, marked_processes
 from tests.conftest import (
     E2E_EXPERIMENT,
     FAST_CONFIG,
@@ -29,6 +31,7 @@ from tests.conftest import (
     leave_no_run_behind,
     mlflow_run,
     point_mlflow_at,
+    session_env_root,
     shipped_config,
     shipped_config_file,
     users_environment,
@@ -181,10 +184,18 @@ def test_a_review_killed_between_the_alias_moves_is_completed_by_the_next(
 def test_a_wrapper_killed_during_its_isolated_check_gets_no_alias_and_the_rerun_does(
     pool_copy: str, project: Path
 ) -> None:
-    killed = mlflow_run(
-        project, pool_copy, "custom_model", extra_env=fault(FaultPoint.DURING_ISOLATED_CHECK)
-    )
+    mark = f"killed-wrapper-{uuid.uuid4().hex[:8]}"
+    environment = fault(FaultPoint.DURING_ISOLATED_CHECK) | {MARK_ENV: mark}
+    killed = mlflow_run(project, pool_copy, "custom_model", extra_env=environment)
     assert killed.returncode != 0
+    # The checks it had started (a fresh process, the isolated environment's) end with it,
+    # and leave no environment half-built for the next check to reuse.
+    deadline = time.monotonic() + 10
+    while marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marked_processes(mark) == []
+    for environment_dir in session_env_root(project).glob("mlflow-*"):
+        assert list(environment_dir.glob("lib/python*/site-packages/mlflow")), environment_dir
     client = mlflow.MlflowClient()
     (orphan,) = client.search_model_versions(f"name = '{SERVICE}'")
     assert orphan.aliases == [] and Tag.REVIEW not in orphan.tags

@@ -30,9 +30,44 @@ logger = logging.getLogger(__name__)
 # Params every check predicts with: the reasons are part of what must match.
 CHECK_PARAMS = {"explain": True}
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
+_STEP_PID = "TABULAR_MLOPS_CHECK_STEP_PID"  # the step's pid, as the check process sees it
+# Run first by each check's process (the leader of its own process group), on Linux: when
+# the step that started it dies, even killed outright (an OOM kill runs no handler in the
+# step), the check ends too, with every process it started (uv, the environment's Python),
+# and removes its folder, which the step no longer will. It ends by an error: MLflow
+# removes an environment it was building only then (mlflow.utils.file_utils.
+# remove_on_error catches errors, not interrupts; checked on 3.17.2), and a half-built one
+# would be reused as it is by every later check. The same on a stop the step passes on.
+_ENDS_WITH_ITS_STEP = (
+    f"STEP_PID = {_STEP_PID!r}"
+    + """
+import ctypes, os, shutil, signal, sys
+class StepEnded(Exception):
+    pass
+def _end_with_the_step(signum, frame):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for pid in [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]:
+        try:
+            if pid != os.getpid() and os.getpgid(pid) == os.getpgrp():
+                os.kill(pid, signal.SIGKILL)
+        except OSError:  # ended meanwhile
+            pass
+    if os.getppid() != _step:
+        shutil.rmtree(os.getcwd(), ignore_errors=True)
+    raise StepEnded(f"the step that started this check ended ({signal.Signals(signum).name})")
+_step = int(os.environ.pop(STEP_PID))
+if sys.platform == "linux":
+    signal.signal(signal.SIGTERM, _end_with_the_step)
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != _step:
+        os.kill(os.getpid(), signal.SIGTERM)
+"""
+)
 # Run in a new interpreter, in an empty directory, with this project off sys.path: the
 # model must load and predict from what it carries.
-_FRESH_PROCESS_SCRIPT = """
+_FRESH_PROCESS_SCRIPT = (
+    _ENDS_WITH_ITS_STEP
+    + """
 import json, sys
 from pathlib import Path
 project = Path(sys.argv[3]).resolve()
@@ -46,19 +81,23 @@ package = sys.modules["tabular_custom_model"].__file__
 leaked = sorted({m.split(".")[0] for m in sys.modules} & {"tabular_mlops", "steps"})
 print(json.dumps({"package_file": package, "project_modules": leaked}))
 """
+)
 
 # `mlflow models predict` in a new environment built from the model's requirements. Unlike
 # that command, which builds the environment afresh in a temporary directory on every call
 # (20-30 s), MLflow's backend here keeps it under MLFLOW_ENV_ROOT (~/.mlflow/envs), keyed by
 # the requirement lines: the wheel's version carries its content hash, so changed model code
 # gets a new environment and unchanged code reuses its own.
-_ISOLATED_ENV_SCRIPT = """
+_ISOLATED_ENV_SCRIPT = (
+    _ENDS_WITH_ITS_STEP
+    + """
 import sys
 from mlflow.models.flavor_backend_registry import get_flavor_backend
 model, env_manager, request, output = sys.argv[1:5]
 backend = get_flavor_backend(model, env_manager=env_manager, install_mlflow=False)
 backend.predict(model_uri=model, input_path=request, output_path=output, content_type="json")
 """
+)
 
 
 def check_answers(model_dir: Path, env_manager: str, timeout_seconds: float) -> None:
@@ -144,6 +183,7 @@ def _start(command: list[str], cwd: str) -> subprocess.Popen[str]:
     # it imports on every check: 14 s a call instead of 9.
     dropped = {"PYTHONPATH", "PYTHONDONTWRITEBYTECODE"}
     environment = {key: value for key, value in os.environ.items() if key not in dropped}
+    environment[_STEP_PID] = str(os.getpid())
     return subprocess.Popen(
         command,
         cwd=cwd,
