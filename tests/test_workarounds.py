@@ -19,6 +19,9 @@ docstring or comment names the upstream issue or function and the version checke
   test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror;
 - a shared study's trials known by their creation, not by the objective
   (jobs.tune._SharedStorage): test_optuna_still_asks_for_a_trial_it_created_in_two_steps;
+- custom_model's checks end by an error, not an interrupt, when their step ends
+  (jobs.checks._ENDS_WITH_ITS_STEP):
+  test_mlflow_still_keeps_what_an_interrupt_left_half_built;
 - the models check their own input types (tabular_custom_model.inputs): the canary in
   tests/test_inputs.py.
 """
@@ -199,3 +202,16 @@ def test_optuna_still_asks_for_a_trial_it_created_in_two_steps(tmp_path: Path) -
         study.ask()
     assert created == {0}
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.RUNNING]
+
+
+def test_mlflow_still_keeps_what_an_interrupt_left_half_built(tmp_path: Path) -> None:
+    """MLflow removes an environment it was building on an error only: interrupted, it
+    keeps the half-built one, which later checks would reuse as it is."""
+    from mlflow.utils.file_utils import remove_on_error
+
+    for stop, kept in ((RuntimeError, False), (KeyboardInterrupt, True)):
+        building = tmp_path / stop.__name__
+        with pytest.raises(stop), remove_on_error(building):
+            building.mkdir()
+            raise stop()
+        assert building.exists() == kept
