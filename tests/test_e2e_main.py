@@ -271,14 +271,3 @@ def test_a_failing_step_fails_main_and_moves_no_alias(first: MainRun, project: P
     assert error in failed.process.stderr
     assert [run.info.status for run in failed.children().values()] == ["FAILED"]
     assert champion_version("churn-service") == before
-
-
-def test_a_bad_parameter_fails_main_before_any_step(first: MainRun, project: Path) -> None:
-    # Checked by the step's own parser, before any step runs (an unknown parameter of
-    # main's own: tests/test_chain.py).
-    message = "main: error: parameter n_trials: expected a whole number, got 'abc'"
-    failed = run_main(project, None, "n_trials=abc")
-    assert failed.process.returncode != 0
-    assert message in failed.process.stderr
-    assert message in failed.run.data.tags[Tag.ERROR]
-    assert failed.children() == {}
