@@ -20,7 +20,7 @@ docstring or comment names the upstream issue or function and the version checke
 - a shared study's trials known by their creation, not by the objective
   (jobs.tune._SharedStorage): test_optuna_still_asks_for_a_trial_it_created_in_two_steps;
 - custom_model's checks end by an error, not an interrupt, when their step ends
-  (jobs.checks._ENDS_WITH_ITS_STEP):
+  (jobs.checks._CHECK_PRELUDE):
   test_mlflow_still_keeps_what_an_interrupt_left_half_built;
 - the models check their own input types (tabular_custom_model.inputs): the canary in
   tests/test_inputs.py.
