@@ -21,6 +21,7 @@ import pytest
 from tabular_mlops.core.names import Tag, Verdict
 from tabular_mlops.jobs.register import register
 from tabular_mlops.jobs.train import train_basic
+from tabular_mlops.jobs.wrap import custom_model
 from tabular_mlops.mlflow import registry
 from tabular_mlops.runtime.faults import FAULT_ENV, FaultPoint
 from test_support.stopping import MARK_ENV, marked_processes
@@ -43,6 +44,8 @@ pytestmark = pytest.mark.system
 PIPELINES, SERVICE = "churn-classifier", "churn-service"
 CHAMPION, PREVIOUS = "champion", "previous-champion"
 CHAIN = (FAST_CONFIG, "n_trials=2", "check_env_manager=none")
+# tests/fast.yaml's model and folds, for the steps rerun in this process.
+FAST_TRAINING = {"model.n_estimators": 60, "custom_model.decision.cv_folds": 2}
 ROUNDS = 2
 KILLED = -9  # the return code of a process ended by SIGKILL
 
@@ -106,10 +109,10 @@ def test_a_chain_killed_before_its_model_is_logged_is_reaped_and_rerun(
     assert "has ended" in run.data.tags[Tag.ERROR]
     leave_no_run_behind()
 
-    # The killed step again, alone (main reruns only what is not a finished run of the
-    # same inputs: tests/test_chain.py; the whole chain: tests/test_e2e_main.py).
-    rerun = mlflow_run(project, store, "train_basic", FAST_CONFIG)
-    assert rerun.returncode == 0, rerun.stderr[-5000:]
+    # The killed step again, alone and in this process (main reruns only what is not a
+    # finished run of the same inputs: tests/test_chain.py; the whole chain through
+    # `mlflow run .`: tests/test_e2e_main.py).
+    train_basic(shipped_config(FAST_TRAINING))
     assert "RUNNING" not in runs_by_status()
     # One version, the rerun's, with its alias; no alias move left behind.
     client = mlflow.MlflowClient()
@@ -200,9 +203,9 @@ def test_a_wrapper_killed_during_its_isolated_check_gets_no_alias_and_the_rerun_
     (orphan,) = client.search_model_versions(f"name = '{SERVICE}'")
     assert orphan.aliases == [] and Tag.REVIEW not in orphan.tags
 
-    # The rerun's own isolated check is the e2e custom_model tests' business.
-    rerun = mlflow_run(project, pool_copy, "custom_model", "check_env_manager=none")
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    # The rerun, in this process (its own isolated check is the e2e custom_model tests'
+    # business).
+    custom_model(shipped_config(FAST_TRAINING | {"custom_model.check_env_manager": "none"}))
     aliases = assert_invariants(SERVICE)
     assert aliases[CHAMPION] == int(orphan.version) + 1
     assert "RUNNING" not in runs_by_status()
