@@ -57,12 +57,13 @@ STACK_SERVER_TIMEOUT = 10  # seconds: the session stack's (team_stack.settings.S
 # cores the optimizing JIT's threads took about 50 s of CPU in test_e2e_spark alone.
 os.environ.setdefault("JAVA_TOOL_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
 TIERS = ("unit", "integration", "system")
 # What a test marked so needs, and how to tell it is here; scripts/test.sh installs each.
 NEEDS: dict[str, tuple[str, Callable[[], bool]]] = {
     "postgres": ("PostgreSQL server binaries", lambda: _has_postgres()),
     "spark": ("Java (Spark's JRE)", lambda: shutil.which("java") is not None),
-    "browser": ("chromium (apt-get install chromium)", lambda: Path("/usr/bin/chromium").exists()),
+    "browser": ("chromium (apt-get install chromium)", lambda: CHROMIUM.exists()),
     "nginx": ("nginx (apt-get install nginx)", lambda: Path("/usr/sbin/nginx").exists()),
 }
 # The slowest modules, slowest first (`--durations` of a whole run): in processes that each
@@ -140,12 +141,21 @@ def no_fake_dbutils_left(request: pytest.FixtureRequest) -> Iterator[None]:
 def shipped_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
     """The shipped config, as `mlflow run` from the project gives it (its paths absolute;
     the models' code built once per session)."""
+    return _absolute(CHURN_CONFIG, overrides)
+
+
+def fast_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
+    """tests/fast.yaml (FAST_CONFIG), its paths absolute as in `shipped_config`."""
+    return _absolute(PROJECT_DIR / "tests" / "fast.yaml", overrides)
+
+
+def _absolute(config: Path, overrides: dict[str, object] | None) -> ProjectConfig:
     paths = {
         "data.path": str(CHURN_CSV),
         "model_code.package_dir": str(PROJECT_DIR / "custom_model"),
         "model_code.wheel_dir": str(session_wheel_dir()),
     }
-    return load_config(CHURN_CONFIG, paths | (overrides or {}))
+    return load_config(config, paths | (overrides or {}))
 
 
 def shipped_config_file(directory: Path) -> Path:

@@ -137,13 +137,18 @@ def test_a_broken_link_fails_the_sites_strict_build(tmp_path: Path) -> None:
     shutil.copy(PROJECT_DIR / "mkdocs.yml", tmp_path)
     with (tmp_path / "docs" / "index.md").open("a") as index:
         index.write("\n[gone](no-such-page.md)\n")
-    built = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "s")],
-        cwd=tmp_path,
+    built = strict_site_build(tmp_path, tmp_path / "s")
+    assert built.returncode != 0
+    assert "contains a link 'no-such-page.md'" in built.stderr
+
+
+def strict_site_build(project: Path, site: Path) -> subprocess.CompletedProcess[str]:
+    """`mkdocs build --strict` of `project`'s site into `site`, as scripts/test.sh runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=project,
         env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert built.returncode != 0
-    assert "contains a link 'no-such-page.md'" in built.stderr

@@ -23,6 +23,7 @@ from tabular_mlops.mlflow.descriptions import runs_page
 from test_support import screenshots
 from test_support.servers import LOOPBACK, background_server, free_port
 from tests.conftest import (
+    CHROMIUM,
     E2E_EXPERIMENT,
     FAST_CONFIG,
     SERVICE_URI,
@@ -160,9 +161,6 @@ def test_a_fresh_main_chains_the_steps_and_serves_a_champion(
     prediction = answer["predictions"]  # columnar: one list per output
     assert 0 <= prediction["probability"][0] <= 1
     assert prediction["model_version"] == [str(versions.version)]
-
-
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
 
 
 @pytest.mark.browser

@@ -10,7 +10,6 @@ from tabular_mlops.core import data
 from tabular_mlops.core.config import load_config
 from tabular_mlops.core.names import Tag
 from tabular_mlops.core.pipeline import build_pipeline
-from tabular_mlops.core.resources import model_threads
 from tests.conftest import CHURN_CONFIG, E2E_EXPERIMENT, mlflow_run, new_store, use_store
 
 pytestmark = pytest.mark.system
@@ -28,7 +27,7 @@ def untuned_roc_auc() -> float:
     config = load_config(CHURN_CONFIG)
     table = data.load_table(config.data)
     parts = data.split(table, config.split)
-    threads = model_threads(config.compute.resolved_threads(), len(parts.y_train))
+    threads = config.compute.model_threads(len(parts.y_train))
     pipeline = build_pipeline(table.spec, config.model, config.split.seed, threads)
     pipeline.fit(parts.X_train, parts.y_train)
     return float(roc_auc_score(parts.y_test, pipeline.predict_proba(parts.X_test)[:, 1]))

@@ -29,6 +29,7 @@ from tests.conftest import (
     E2E_EXPERIMENT,
     FAST_CONFIG,
     PROJECT_DIR,
+    fast_config,
     leave_no_run_behind,
     mlflow_run,
     point_mlflow_at,
@@ -44,8 +45,6 @@ pytestmark = pytest.mark.system
 PIPELINES, SERVICE = "churn-classifier", "churn-service"
 CHAMPION, PREVIOUS = "champion", "previous-champion"
 CHAIN = (FAST_CONFIG, "n_trials=2", "check_env_manager=none")
-# tests/fast.yaml's model and folds, for the steps rerun in this process.
-FAST_TRAINING = {"model.n_estimators": 60, "custom_model.decision.cv_folds": 2}
 ROUNDS = 2
 KILLED = -9  # the return code of a process ended by SIGKILL
 
@@ -112,7 +111,7 @@ def test_a_chain_killed_before_its_model_is_logged_is_reaped_and_rerun(
     # The killed step again, alone and in this process (main reruns only what is not a
     # finished run of the same inputs: tests/test_chain.py; the whole chain through
     # `mlflow run .`: tests/test_e2e_main.py).
-    train_basic(shipped_config(FAST_TRAINING))
+    train_basic(fast_config())
     assert "RUNNING" not in runs_by_status()
     # One version, the rerun's, with its alias; no alias move left behind.
     client = mlflow.MlflowClient()
@@ -205,7 +204,7 @@ def test_a_wrapper_killed_during_its_isolated_check_gets_no_alias_and_the_rerun_
 
     # The rerun, in this process (its own isolated check is the e2e custom_model tests'
     # business).
-    custom_model(shipped_config(FAST_TRAINING | {"custom_model.check_env_manager": "none"}))
+    custom_model(fast_config({"custom_model.check_env_manager": "none"}))
     aliases = assert_invariants(SERVICE)
     assert aliases[CHAMPION] == int(orphan.version) + 1
     assert "RUNNING" not in runs_by_status()

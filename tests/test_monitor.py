@@ -19,6 +19,7 @@ from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.jobs.train import train_basic
 from test_support import screenshots
 from tests.conftest import (
+    CHROMIUM,
     churn_frame,
     copy_of_trained_store,
     leave_no_run_behind,
@@ -156,9 +157,6 @@ def test_an_empty_batch_is_ok_with_a_warning(store: Path, caplog: pytest.LogCapt
     tags = monitor_run().data.tags
     assert tags[Tag.VERDICT] == "ok" and "empty" in tags[Tag.VERDICT_REASONS]
     assert any("has no rows" in r.getMessage() for r in caplog.records)
-
-
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's; Playwright downloads no browser here
 
 
 @pytest.mark.integration

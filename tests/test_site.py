@@ -1,13 +1,11 @@
 """The documentation site as scripts/test.sh builds it, opened in a browser."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT_DIR
+from tests.conftest import CHROMIUM, PROJECT_DIR
+from tests.test_docs import strict_site_build
 
 
 @pytest.mark.integration
@@ -18,17 +16,10 @@ def test_the_built_site_opens_on_its_home_and_its_generated_reference(tmp_path: 
     from playwright.sync_api import sync_playwright
 
     site = tmp_path / "site"
-    built = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-        cwd=PROJECT_DIR,
-        env=os.environ | {"NO_MKDOCS_2_WARNING": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    built = strict_site_build(PROJECT_DIR, site)
     assert built.returncode == 0, built.stderr[-3000:]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium")
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
         page = browser.new_page(viewport={"width": 1300, "height": 1000})
         page.goto((site / "index.html").as_uri())
         page.get_by_role("link", name="Getting started").first.wait_for(timeout=30_000)

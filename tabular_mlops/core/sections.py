@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tabular_mlops.core.resources import available_cores
+from tabular_mlops.core.resources import available_cores, model_threads
 
 # MLflow reserves `latest` (any case) and `v<N>` for its own model URIs.
 _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.IGNORECASE)
@@ -358,3 +358,8 @@ class ComputeConfig(_Section):
 
     def resolved_threads(self) -> int:
         return self.threads or available_cores()
+
+    def model_threads(self, training_rows: int) -> int:
+        """LightGBM threads of a model trained on `training_rows` rows (one on a small
+        table: core.resources.model_threads)."""
+        return model_threads(self.resolved_threads(), training_rows)

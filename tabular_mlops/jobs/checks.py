@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 CHECK_PARAMS = {"explain": True}
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 _STEP_PID = "TABULAR_MLOPS_CHECK_STEP_PID"  # the step's pid, as the check process sees it
+_FRESH_PROCESS_SCRATCH, _ISOLATED_ENV_SCRATCH = "fresh-process-", "isolated-env-"
+_SCRATCH_PREFIXES = (_FRESH_PROCESS_SCRATCH, _ISOLATED_ENV_SCRATCH)
 # Run first by each check's process. It runs without the cyclic collector: it lives for
 # one prediction, and its imports (MLflow, the model's libraries) took 3.4 s of CPU
 # instead of 4.3 s. And, as the leader of its own process group, on Linux: when
@@ -41,7 +43,7 @@ _STEP_PID = "TABULAR_MLOPS_CHECK_STEP_PID"  # the step's pid, as the check proce
 # remove_on_error catches errors, not interrupts; checked on 3.17.2), and a half-built one
 # would be reused as it is by every later check. The same on a stop the step passes on.
 _CHECK_PRELUDE = (
-    f"STEP_PID = {_STEP_PID!r}"
+    f"STEP_PID = {_STEP_PID!r}\nSCRATCH_PREFIXES = {_SCRATCH_PREFIXES!r}"
     + """
 import ctypes, gc, os, shutil, signal, sys
 gc.disable()
@@ -55,8 +57,9 @@ def _end_with_the_step(signum, frame):
                 os.kill(pid, signal.SIGKILL)
         except OSError:  # ended meanwhile
             pass
-    if os.getppid() != _step:
-        shutil.rmtree(os.getcwd(), ignore_errors=True)
+    here = os.getcwd()  # the scratch folder the step made for this check
+    if os.getppid() != _step and os.path.basename(here).startswith(SCRATCH_PREFIXES):
+        shutil.rmtree(here, ignore_errors=True)
     raise StepEnded(f"the step that started this check ended ({signal.Signals(signum).name})")
 _step = int(os.environ.pop(STEP_PID))
 if sys.platform == "linux":
@@ -148,7 +151,7 @@ def predict_in_process(model_dir: Path) -> dict[str, Any]:
 def predict_in_fresh_process(model_dir: Path, timeout_seconds: float) -> dict[str, Any]:
     """The same, from a new Python process in an empty directory without this project on
     its path; fails if the model's code is not its own `code/` or imports the project."""
-    with tempfile.TemporaryDirectory(prefix="fresh-process-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=_FRESH_PROCESS_SCRATCH) as scratch:
         output = Path(scratch) / "predictions.json"
         command = [sys.executable, "-I", "-c", _FRESH_PROCESS_SCRIPT]
         command += [str(model_dir), str(output), str(_PROJECT_ROOT), json.dumps(CHECK_PARAMS)]
@@ -167,7 +170,7 @@ def predict_in_isolated_env(
 ) -> dict[str, Any]:
     """The same, as `mlflow models predict` answers: in a new environment built from the
     model's requirements (which install its wheel from `code/`), cached between calls."""
-    with tempfile.TemporaryDirectory(prefix="isolated-env-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=_ISOLATED_ENV_SCRATCH) as scratch:
         request, output = Path(scratch) / "request.json", Path(scratch) / "predictions.json"
         serving_example = json.loads((model_dir / "serving_input_example.json").read_text())
         request.write_text(json.dumps(serving_example | {"params": CHECK_PARAMS}))

@@ -10,7 +10,6 @@ from tabular_mlops.core import data
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.pipeline import build_pipeline, check_lightgbm_names
 from tabular_mlops.core.redaction import redact
-from tabular_mlops.core.resources import model_threads
 from tabular_mlops.core.sections import HEADLINE_METRICS
 from tabular_mlops.jobs import step_cache
 from tabular_mlops.jobs.entry_points import TRAIN_BASIC
@@ -39,7 +38,7 @@ def train_basic(config: ProjectConfig) -> TrainResult:
         logger.info("train %d rows, test %d rows", len(parts.y_train), len(parts.y_test))
 
         code = ShippedCode.build(config.model_code)
-        threads = model_threads(config.compute.resolved_threads(), len(parts.y_train))
+        threads = config.compute.model_threads(len(parts.y_train))
         pipeline = build_pipeline(table.spec, config.model, config.split.seed, threads)
         with runs.autologged(config.tracking.autolog):
             pipeline.fit(parts.X_train, parts.y_train)

@@ -36,7 +36,6 @@ from tabular_mlops.core.pipeline import (
 )
 from tabular_mlops.core.plots import pyplot
 from tabular_mlops.core.redaction import redact
-from tabular_mlops.core.resources import model_threads
 from tabular_mlops.core.search import (
     COMPLETE,
     FOLDS_COMPLETED,
@@ -101,7 +100,7 @@ def track(config: ProjectConfig, baseline_run_id: str | None = None) -> TrackRes
         # training split and watched on the test split iteration by iteration.
         best_model = config.model.with_values(best.params | {"n_estimators": refit_trees(best)})
         code = ShippedCode.build(config.model_code)
-        threads = model_threads(config.compute.resolved_threads(), len(parts.y_train))
+        threads = config.compute.model_threads(len(parts.y_train))
         pipeline = build_pipeline(table.spec, best_model, config.split.seed, threads)
         with runs.not_autologged():  # a helper fit: not the model's
             encoded_test = fit_preprocessing(pipeline, parts.X_train, parts.y_train).transform(
