@@ -123,6 +123,15 @@ def _has_postgres() -> bool:
 
 
 @pytest.fixture(autouse=True)
+def no_run_left() -> Iterator[None]:
+    """Every test ends as a fresh process starts: no active run, no MLFLOW_EXPERIMENT_ID
+    (mlflow.set_experiment, which the steps call in process, puts it in os.environ, and a
+    later test's subprocess would look for that experiment in its own new store)."""
+    yield
+    leave_no_run_behind()
+
+
+@pytest.fixture(autouse=True)
 def no_fake_dbutils_left(request: pytest.FixtureRequest) -> Iterator[None]:
     """MLflow puts a fake `dbutils` module in sys.modules while it loads a model from code
     (the custom model), and two loads at once can leave it there (its context manager,
@@ -335,10 +344,9 @@ def leave_no_run_behind() -> None:
 
 
 @pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh sqlite store; the working directory is tmp_path, where artifacts land."""
-    yield point_mlflow_at(tmp_path, monkeypatch)
-    leave_no_run_behind()
+    return point_mlflow_at(tmp_path, monkeypatch)
 
 
 def missing_tool(what: str) -> None:

@@ -65,12 +65,13 @@ def main():
 interrupts.run_as_process(main)
 """
 
-# Starts _PROCESS as its child and prints the child's pid, then waits to be killed.
+# Starts _PROCESS as its child and prints the child's pid, then waits to be killed (or for
+# a child that could not start, so that the test reads the end of the pipe, not a hang).
 _PARENT = """
-import subprocess, sys, time
+import subprocess, sys
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1], "sleep"])
 print(child.pid, flush=True)
-time.sleep(600)
+child.wait()
 """
 
 
