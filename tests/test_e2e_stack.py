@@ -346,7 +346,8 @@ def test_two_track_workers_share_one_study_and_survive_a_postgresql_restart(
         local.stop(POSTGRES)
         local.up()  # starts it again, waits until it answers
         done = [worker.result() for worker in workers]
-    assert [run.returncode for run in done] == [0, 0], [run.stderr[-3000:] for run in done]
+    failed = "\n\n".join(run.stderr[-3000:] for run in done if run.returncode)
+    assert [run.returncode for run in done] == [0, 0], failed  # a str: pytest shows it whole
     assert _finished_trials(with_password, name) == 6
     study = optuna.load_study(study_name=name, storage=with_password)
     running = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.RUNNING]

@@ -1,16 +1,20 @@
 """The `track` step in-process on a sample of the churn table, and a shared study."""
 
 import logging
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import optuna
 import pandas as pd
+import psycopg
 import pytest
+import sqlalchemy.exc
 
 from steps import track as track_step
 from tabular_mlops.core.config import load_config
+from tabular_mlops.core.errors import UserInputError
 from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.core.search import BEST_ITERATION, FOLDS_COMPLETED, OBJECTIVE
 from tabular_mlops.jobs import tune
@@ -381,6 +385,61 @@ def test_a_result_recorded_before_its_answer_was_lost_counts_as_finished(
 
     tune._optimize(study, objective, tuning, created)
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+
+
+def _sqlalchemy_error(driver_error: Exception) -> sqlalchemy.exc.OperationalError:
+    """What SQLAlchemy raises for `driver_error` (psycopg's), as Optuna meets it."""
+    return sqlalchemy.exc.OperationalError("SELECT 1", {}, driver_error)
+
+
+def _open_study(storage: str) -> optuna.Study:
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    return tune._create_or_load_study("shared", storage, sampler, pruner, set())
+
+
+@pytest.mark.unit
+def test_a_worker_started_while_the_database_restarts_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seen in a whole-suite run: the second of two workers sharing a study opened it while
+    PostgreSQL restarted, and failed on its first connection; it now waits, as the search
+    does once it runs."""
+    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0, 0))
+    refused = _sqlalchemy_error(psycopg.OperationalError("connection refused"))  # no SQLSTATE
+    shutting_down = optuna.exceptions.StorageInternalError("commit failed")
+    shutting_down.__cause__ = _sqlalchemy_error(psycopg.errors.lookup("57P01")("terminating"))
+    failures = [refused, shutting_down]
+    create_study = optuna.create_study
+
+    def flaky(**kwargs: Any) -> optuna.Study:
+        if failures:
+            raise failures.pop(0)
+        return create_study(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", flaky)
+    with caplog.at_level(logging.WARNING, logger=tune.__name__):
+        study = _open_study("sqlite://")
+    assert study.study_name == "shared" and failures == []
+    assert [record.message.split(" (")[0] for record in caplog.records] == [
+        "Optuna's storage cannot be reached"
+    ] * 2
+
+
+@pytest.mark.unit
+def test_a_database_that_refuses_or_stays_away_is_one_line() -> None:
+    """A wrong password is said at once, without waiting; a database that never answers
+    after every pause (here: a closed port, the real driver) too; neither shows a password."""
+    wrong_password = _sqlalchemy_error(psycopg.errors.lookup("28P01")("password failed"))
+    assert not tune._unreachable(wrong_password)
+    assert not tune._unreachable(_sqlalchemy_error(sqlite3.OperationalError("locked")))
+    closed = "postgresql+psycopg://optuna:s3cret@127.0.0.1:9/optuna"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setattr(tune, "STORAGE_PAUSES", (0,))
+        with pytest.raises(UserInputError) as refused:
+            _open_study(closed)
+    message = str(refused.value)
+    assert message.startswith("Optuna's storage postgresql+psycopg://optuna:***@127.0.0.1:9")
+    assert "Connection refused" in message and "s3cret" not in message and "\n" not in message
 
 
 @pytest.mark.unit

@@ -26,6 +26,7 @@ from tabular_mlops.core import data
 from tabular_mlops.core.concurrency import again_if_created_meanwhile
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.data import FeatureSpec
+from tabular_mlops.core.errors import UserInputError
 from tabular_mlops.core.names import Status, Tag
 from tabular_mlops.core.pipeline import (
     build_classifier,
@@ -57,8 +58,9 @@ from tabular_mlops.runtime import interrupts
 
 logger = logging.getLogger(__name__)
 
-# Seconds to wait before resuming a search whose shared study's database failed (a restart
-# takes seconds, more on a busy machine); once each, then the failure stands.
+# Seconds to wait before opening a shared study again, or resuming its search, when its
+# database failed (a restart takes seconds, more on a busy machine); once each, then the
+# failure stands.
 STORAGE_PAUSES = (2, 5, 10, 20)
 
 # Parent-run tags every trial run carries too.
@@ -286,7 +288,8 @@ def _create_or_load_study(
     created: set[int],
 ) -> optuna.Study:
     """The study, in memory or in the shared `storage`, which adds to `created` the number
-    of each trial this process creates in it."""
+    of each trial this process creates in it. A database that cannot be reached is waited
+    for (STORAGE_PAUSES); one that refuses us (`_unreachable`) is one line for the user."""
 
     # Processes that start together on a fresh database race to create Optuna's tables
     # (a duplicate-table or duplicate-type error for the loser); once the tables exist,
@@ -303,14 +306,26 @@ def _create_or_load_study(
         direction="maximize",
         load_if_exists=True,
     )
-    return again_if_created_meanwhile(
-        create_it,
-        f"Optuna's storage of {name}",
-        raced=lambda error: isinstance(
-            error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError
-        ),
-        pause_seconds=(0.5, 1.5),
-    )
+    pauses = iter(STORAGE_PAUSES)
+    while True:
+        try:
+            return again_if_created_meanwhile(
+                create_it,
+                f"Optuna's storage of {name}",
+                raced=lambda error: isinstance(
+                    error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError
+                ),
+                pause_seconds=(0.5, 1.5),
+            )
+        except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
+            reason = redact(str(error.__cause__ or error).splitlines()[0])
+            pause = next(pauses, None)
+            if pause is None or not _unreachable(error):
+                where = redact(str(storage))
+                raise UserInputError(f"Optuna's storage {where}: {reason}") from error
+            # A worker started while the database restarts waits as the search would.
+            logger.warning("Optuna's storage cannot be reached (%s): again in %d s", reason, pause)
+            time.sleep(pause)
 
 
 class _SharedStorage(optuna.storages.RDBStorage):
@@ -332,6 +347,20 @@ class _SharedStorage(optuna.storages.RDBStorage):
         trial = super()._create_new_trial(study_id, template_trial)
         self.created.add(trial.number)
         return trial
+
+
+def _unreachable(error: BaseException) -> bool:
+    """`error` says PostgreSQL could not be reached, or is shutting down or starting (a
+    restart: worth waiting for), rather than that it refused us (a password, a missing
+    database: worth one line now). psycopg's errors carry the server's SQLSTATE, None when
+    no server answered; other drivers' errors are not waited for."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError):
+            sqlstate = getattr(seen.orig, "sqlstate", "")
+            return sqlstate is None or sqlstate[:2] in ("08", "57")
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _storage_failed(error: BaseException) -> bool:
