@@ -22,6 +22,8 @@ docstring or comment names the upstream issue or function and the version checke
 - custom_model's checks end by an error, not an interrupt, when their step ends
   (jobs.checks._CHECK_PRELUDE):
   test_mlflow_still_keeps_what_an_interrupt_left_half_built;
+- figures saved with pyplot drawn once, not again after saving (core.agg_once):
+  test_pyplot_still_draws_a_figure_again_after_saving_it;
 - the models check their own input types (tabular_custom_model.inputs): the canary in
   tests/test_inputs.py.
 """
@@ -42,6 +44,7 @@ from mlflow.store.artifact.mlflow_artifacts_repo import (
 )
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+from tabular_mlops.core.plots import BACKEND, pyplot
 from test_support.servers import LOOPBACK, background_server, free_port
 
 pytestmark = pytest.mark.unit
@@ -215,3 +218,32 @@ def test_mlflow_still_keeps_what_an_interrupt_left_half_built(tmp_path: Path) ->
             building.mkdir()
             raise stop()
         assert building.exists() == kept
+
+
+def _draws_per_save(backend: str, path: Path) -> int:
+    """How many times pyplot.savefig, as MLflow's evaluation calls it, draws the figure."""
+    import matplotlib
+
+    matplotlib.use(backend)
+    from matplotlib import pyplot
+
+    draws: list[object] = []
+    figure = pyplot.figure()
+    listener = figure.canvas.mpl_connect("draw_event", draws.append)
+    pyplot.plot([0, 0.5, 1], [0, 0.8, 1])
+    pyplot.savefig(path)
+    figure.canvas.mpl_disconnect(listener)
+    pyplot.close(figure)
+    return len(draws)
+
+
+def test_pyplot_still_draws_a_figure_again_after_saving_it(tmp_path: Path) -> None:
+    """On stock Agg (matplotlib 3.11.2) pyplot.savefig draws twice: the save, then
+    `canvas.draw_idle()` (matplotlib PR #5800, not merged). Once this is 1, remove
+    core.agg_once and point core.plots.BACKEND at "Agg"."""
+    try:
+        assert _draws_per_save("Agg", tmp_path / "stock.png") == 2
+        assert _draws_per_save(BACKEND, tmp_path / "once.png") == 1
+    finally:
+        pyplot()  # this process's backend again: the project's
+    assert (tmp_path / "stock.png").read_bytes() == (tmp_path / "once.png").read_bytes()

@@ -68,6 +68,7 @@ def evaluate_model(model: CheckedModel, X: pd.DataFrame, y: pd.Series) -> Evalua
     """MLflow's default classifier evaluation of a checked model on labelled rows, logged
     to the active run and linked to the model. MLflow's evaluator reads probabilities only
     from a stock flavor's model: it is given the pipeline's stock sklearn face."""
+    pyplot()  # MLflow draws its plots with pyplot: on this project's backend
     with model.loading() as local, quiet_integer_schema_hint():
         return mlflow.models.evaluate(
             model=str(stock_face(local)),
