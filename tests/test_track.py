@@ -17,7 +17,7 @@ from tabular_mlops.core.config import load_config
 from tabular_mlops.core.errors import UserInputError
 from tabular_mlops.core.names import Artifact, Tag
 from tabular_mlops.core.search import BEST_ITERATION, FOLDS_COMPLETED, OBJECTIVE
-from tabular_mlops.jobs import tune
+from tabular_mlops.jobs import studies
 from tabular_mlops.mlflow.tuning_report import REFIT_TREES_PARAM
 from tests.conftest import CHURN_CONFIG, churn_frame, churn_settings, write_config
 
@@ -284,9 +284,9 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
     failure stands after STORAGE_PAUSES retries. The database may still be down when the
     search comes back to end the caught trials (seen on a busy machine): whatever of that
     fails (reading the trials, telling one FAILED) waits again."""
-    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0, 0, 0, 0))
+    monkeypatch.setattr(studies, "STORAGE_PAUSES", (0, 0, 0, 0))
     still_down = [cleanup_failures]
-    ending = tune._fail_unfinished
+    ending = studies._fail_unfinished
 
     def fail_unfinished(study: optuna.Study, created: set[int]) -> None:
         if still_down[0]:
@@ -294,11 +294,11 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
             raise optuna.exceptions.StorageInternalError("connection to server lost")
         ending(study, created)
 
-    monkeypatch.setattr(tune, "_fail_unfinished", fail_unfinished)
+    monkeypatch.setattr(studies, "_fail_unfinished", fail_unfinished)
     tuning = load_config(CHURN_CONFIG).require_tuning()
     tuning = tuning.model_copy(update={"n_trials": 4, "storage": f"sqlite:///{tmp_path}/o.db"})
     created: set[int] = set()
-    storage = tune._SharedStorage(tuning.storage, created)
+    storage = studies.SharedStorage(tuning.storage, created)
     study = optuna.create_study(storage=storage, direction="maximize")
     left = [failures]
 
@@ -312,9 +312,9 @@ def test_a_shared_study_resumes_after_its_database_fails_a_bounded_number_of_tim
 
     if finished is None:
         with pytest.raises(optuna.exceptions.StorageInternalError):
-            tune._optimize(study, objective, tuning, created)
+            studies.optimize(study, objective, tuning, created)
         return
-    tune._optimize(study, objective, tuning, created)
+    studies.optimize(study, objective, tuning, created)
     states = [trial.state for trial in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == finished
     assert states.count(optuna.trial.TrialState.FAIL) == failures
@@ -329,10 +329,10 @@ def test_a_trial_the_database_lost_while_it_was_created_ends_failed(
     """Optuna creates a trial, then reads it back before the objective sees it: a database
     that fails in between (seen in a whole-suite run: a PostgreSQL restart right after a
     trial finished) must not leave that trial RUNNING."""
-    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0,))
+    monkeypatch.setattr(studies, "STORAGE_PAUSES", (0,))
     lost = [1]
 
-    class LosingOneRead(tune._SharedStorage):
+    class LosingOneRead(studies.SharedStorage):
         def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
             if lost[0]:
                 lost[0] -= 1
@@ -350,7 +350,7 @@ def test_a_trial_the_database_lost_while_it_was_created_ends_failed(
         trial.set_user_attr(BEST_ITERATION, 10)  # as a real trial records it
         return trial.suggest_float("x", 0, 1)
 
-    tune._optimize(study, objective, tuning, created)
+    studies.optimize(study, objective, tuning, created)
     states = [trial.state for trial in study.trials]
     assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
     assert seen == [1, 2] and created == {0, 1, 2}  # trial 0 never reached the objective
@@ -363,10 +363,10 @@ def test_a_result_recorded_before_its_answer_was_lost_counts_as_finished(
     """A database that commits a trial's result and then drops the connection before
     answering (seen in a whole-suite run: a PostgreSQL restart) leaves that trial finished:
     the search counts it, and runs `n_trials` in all, not one more."""
-    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0,))
+    monkeypatch.setattr(studies, "STORAGE_PAUSES", (0,))
     lost = [1]
 
-    class LosingOneAnswer(tune._SharedStorage):
+    class LosingOneAnswer(studies.SharedStorage):
         def set_trial_state_values(self, *args: Any, **kwargs: Any) -> bool:
             recorded = super().set_trial_state_values(*args, **kwargs)
             if lost[0]:
@@ -383,7 +383,7 @@ def test_a_result_recorded_before_its_answer_was_lost_counts_as_finished(
         trial.set_user_attr(BEST_ITERATION, 10)  # as a real trial records it
         return trial.suggest_float("x", 0, 1)
 
-    tune._optimize(study, objective, tuning, created)
+    studies.optimize(study, objective, tuning, created)
     assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
 
 
@@ -394,7 +394,7 @@ def _sqlalchemy_error(driver_error: Exception) -> sqlalchemy.exc.OperationalErro
 
 def _open_study(storage: str) -> optuna.Study:
     sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
-    return tune._create_or_load_study("shared", storage, sampler, pruner, set())
+    return studies.open_study("shared", storage, sampler, pruner, set())
 
 
 @pytest.mark.unit
@@ -404,7 +404,7 @@ def test_a_worker_started_while_the_database_restarts_waits_for_it(
     """Seen in a whole-suite run: the second of two workers sharing a study opened it while
     PostgreSQL restarted, and failed on its first connection; it now waits, as the search
     does once it runs."""
-    monkeypatch.setattr(tune, "STORAGE_PAUSES", (0, 0))
+    monkeypatch.setattr(studies, "STORAGE_PAUSES", (0, 0))
     refused = _sqlalchemy_error(psycopg.OperationalError("connection refused"))  # no SQLSTATE
     shutting_down = optuna.exceptions.StorageInternalError("commit failed")
     shutting_down.__cause__ = _sqlalchemy_error(psycopg.errors.lookup("57P01")("terminating"))
@@ -417,7 +417,7 @@ def test_a_worker_started_while_the_database_restarts_waits_for_it(
         return create_study(**kwargs)
 
     monkeypatch.setattr(optuna, "create_study", flaky)
-    with caplog.at_level(logging.WARNING, logger=tune.__name__):
+    with caplog.at_level(logging.WARNING, logger=studies.__name__):
         study = _open_study("sqlite://")
     assert study.study_name == "shared" and failures == []
     assert [record.message.split(" (")[0] for record in caplog.records] == [
@@ -430,11 +430,11 @@ def test_a_database_that_refuses_or_stays_away_is_one_line() -> None:
     """A wrong password is said at once, without waiting; a database that never answers
     after every pause (here: a closed port, the real driver) too; neither shows a password."""
     wrong_password = _sqlalchemy_error(psycopg.errors.lookup("28P01")("password failed"))
-    assert not tune._unreachable(wrong_password)
-    assert not tune._unreachable(_sqlalchemy_error(sqlite3.OperationalError("locked")))
+    assert not studies._unreachable(wrong_password)
+    assert not studies._unreachable(_sqlalchemy_error(sqlite3.OperationalError("locked")))
     closed = "postgresql+psycopg://optuna:s3cret@127.0.0.1:9/optuna"
     with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.setattr(tune, "STORAGE_PAUSES", (0,))
+        monkeypatch.setattr(studies, "STORAGE_PAUSES", (0,))
         with pytest.raises(UserInputError) as refused:
             _open_study(closed)
     message = str(refused.value)
@@ -451,5 +451,5 @@ def test_a_storage_failure_is_recognised_behind_what_optuna_raises_instead() -> 
             raise UnboundLocalError("updated_state") from None
     except UnboundLocalError as hidden:
         hidden.__context__ = optuna.exceptions.StorageInternalError("connection lost")
-        assert tune._storage_failed(hidden)
-    assert not tune._storage_failed(UnboundLocalError("a bug of ours"))
+        assert studies._storage_failed(hidden)
+    assert not studies._storage_failed(UnboundLocalError("a bug of ours"))

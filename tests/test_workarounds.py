@@ -15,10 +15,10 @@ docstring or comment names the upstream issue or function and the version checke
   the serving proxy's connection per request (deploy/serving/nginx.conf.template):
   test_uvicorn_workers_still_delay_kept_alive_answers;
 - a shared study's search resumed when Optuna hides its storage's failure
-  (jobs.tune._storage_failed):
+  (jobs.studies._storage_failed):
   test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror;
 - a shared study's trials known by their creation, not by the objective
-  (jobs.tune._SharedStorage): test_optuna_still_asks_for_a_trial_it_created_in_two_steps;
+  (jobs.studies.SharedStorage): test_optuna_still_asks_for_a_trial_it_created_in_two_steps;
 - custom_model's checks end by an error, not an interrupt, when their step ends
   (jobs.checks._CHECK_PRELUDE):
   test_mlflow_still_keeps_what_an_interrupt_left_half_built;
@@ -159,7 +159,7 @@ def test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror() -> None
     """Optuna 5.0.0: when telling a trial's result fails and reading the trial back fails
     too (the database went away mid-trial), `_run_trial` raises UnboundLocalError for
     `updated_state`, the storage's error as its context. Once this fails (the storage's own
-    error escapes), jobs.tune._storage_failed can go."""
+    error escapes), jobs.studies._storage_failed can go."""
     import optuna
 
     class Failing(optuna.storages.InMemoryStorage):
@@ -189,13 +189,13 @@ def test_optuna_still_asks_for_a_trial_it_created_in_two_steps(tmp_path: Path) -
     """Optuna 5.0.0: `Study.ask` creates the trial through the cached storage's call of
     `RDBStorage._create_new_trial`, then reads it back; when that read fails the trial stays
     RUNNING and `ask` raises, the trial unseen by anyone. Once the trial is no longer left
-    RUNNING (or `_create_new_trial` is no longer what creates it), jobs.tune._SharedStorage
+    RUNNING (or `_create_new_trial` is no longer what creates it), jobs.studies.SharedStorage
     can go back to a plain RDBStorage."""
     import optuna
 
-    from tabular_mlops.jobs import tune
+    from tabular_mlops.jobs import studies
 
-    class LosingReads(tune._SharedStorage):
+    class LosingReads(studies.SharedStorage):
         def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
             raise optuna.exceptions.StorageInternalError("connection lost")
 

@@ -2,31 +2,27 @@
 each trial a nested MLflow run; the best trial refit on the training split, logged and
 evaluated like `train_basic`'s model; a report of the study (mlflow.tuning_report).
 
-With `tuning.storage` set, several processes add trials to one shared study; without it
-the study lives in memory and a seeded sampler makes the search reproducible.
+With `tuning.storage` set, several processes add trials to one shared study, which
+survives its database's failures (jobs.studies); without it the study lives in memory and a
+seeded sampler makes the search reproducible.
 """
 
 import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import mlflow
 import optuna
 import pandas as pd
-import sqlalchemy.exc
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from tabular_mlops.core import data
-from tabular_mlops.core.concurrency import again_if_created_meanwhile
 from tabular_mlops.core.config import ProjectConfig
 from tabular_mlops.core.data import FeatureSpec
-from tabular_mlops.core.errors import UserInputError
 from tabular_mlops.core.names import Status, Tag
 from tabular_mlops.core.pipeline import (
     build_classifier,
@@ -50,6 +46,7 @@ from tabular_mlops.core.search import (
     thread_plan,
 )
 from tabular_mlops.core.sections import TuningConfig
+from tabular_mlops.jobs import studies
 from tabular_mlops.jobs.entry_points import TRACK
 from tabular_mlops.mlflow import datasets, evaluation, pipeline_model, runs, tuning_report
 from tabular_mlops.mlflow.model_trust import LoadPolicy
@@ -57,11 +54,6 @@ from tabular_mlops.mlflow.shipped_code import ShippedCode
 from tabular_mlops.runtime import interrupts
 
 logger = logging.getLogger(__name__)
-
-# Seconds to wait before opening a shared study again, or resuming its search, when its
-# database failed (a restart takes seconds, more on a busy machine); once each, then the
-# failure stands.
-STORAGE_PAUSES = (2, 5, 10, 20)
 
 # Parent-run tags every trial run carries too.
 _INHERITED_TAGS = (
@@ -159,7 +151,7 @@ def tune(
     # Seeded only in memory: processes sharing a study must not propose the same trials.
     sampler = optuna.samplers.TPESampler(seed=None if tuning.storage else config.split.seed)
     created: set[int] = set()  # the numbers of the trials this process created
-    study = _create_or_load_study(
+    study = studies.open_study(
         study_name(tuning, parent_run_id), tuning.storage, sampler, make_pruner(tuning), created
     )
     threads = thread_plan(config)
@@ -186,7 +178,7 @@ def tune(
         # Until it is ended, an interrupt (even during the logging) ends the run KILLED.
         with interrupts.run_ends_killed(run.info.run_id):
             try:
-                trial.set_user_attr("mlflow_run_id", run.info.run_id)
+                trial.set_user_attr(studies.RUN_ID_ATTR, run.info.run_id)
                 classifier = build_classifier(
                     config.model.with_values(params), config.split.seed, threads.model_threads
                 )
@@ -223,49 +215,10 @@ def tune(
     )
     threading.Thread(target=_import_what_follows, name="import-ahead", daemon=True).start()
     try:
-        _optimize(study, objective, tuning, created)
+        studies.optimize(study, objective, tuning, created, _Progress(tuning.n_trials))
     finally:
         cv.close()
     return study
-
-
-def _optimize(
-    study: optuna.Study,
-    objective: Callable[[optuna.Trial], float],
-    tuning: TuningConfig,
-    created: set[int],
-) -> None:
-    """`study.optimize` until `n_trials` trials finished here (or the timeout), resumed when
-    a shared study's database fails meanwhile (a restart: its connections are checked
-    before use, `pool_pre_ping`), at most STORAGE_PAUSES times. A trial this process
-    `created` that the failure caught ends FAILED and another replaces it."""
-    progress = _Progress(tuning.n_trials)
-    deadline = None if tuning.timeout_seconds is None else time.monotonic() + tuning.timeout_seconds
-    remaining: int | None = tuning.n_trials
-    for pause in (*STORAGE_PAUSES, None):
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            if remaining is None:  # after a failure; reaches the database: it may still be down
-                _fail_unfinished(study, created)
-                remaining = tuning.n_trials - _finished(study, created)
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=timeout,
-                n_jobs=tuning.n_jobs,
-                callbacks=[progress],
-            )
-            return
-        except (optuna.exceptions.StorageInternalError, UnboundLocalError) as error:
-            if pause is None or not tuning.storage or not _storage_failed(error):
-                raise
-            logger.warning(
-                "Optuna's storage failed (%s): the search goes on in %d s",
-                redact(str(error).splitlines()[0]),
-                pause,
-            )
-            time.sleep(pause)
-            remaining = None  # counted again from the database once it answers
 
 
 def _import_what_follows() -> None:
@@ -278,129 +231,6 @@ def _import_what_follows() -> None:
             importlib.import_module(module)
     except Exception as error:  # the real import, later, will say what is wrong
         logger.debug("importing ahead failed: %r", error)
-
-
-def _create_or_load_study(
-    name: str,
-    storage: str | None,
-    sampler: optuna.samplers.BaseSampler,
-    pruner: optuna.pruners.BasePruner,
-    created: set[int],
-) -> optuna.Study:
-    """The study, in memory or in the shared `storage`, which adds to `created` the number
-    of each trial this process creates in it. A database that cannot be reached is waited
-    for (STORAGE_PAUSES); one that refuses us (`_unreachable`) is one line for the user."""
-
-    # Processes that start together on a fresh database race to create Optuna's tables
-    # (a duplicate-table or duplicate-type error for the loser); once the tables exist,
-    # `load_if_exists` makes the study itself safe to create from many processes.
-    def create(**kwargs: Any) -> optuna.Study:
-        shared = storage and _SharedStorage(storage, created)
-        return optuna.create_study(storage=shared or None, **kwargs)
-
-    create_it = partial(
-        create,
-        study_name=name,
-        sampler=sampler,
-        pruner=pruner,
-        direction="maximize",
-        load_if_exists=True,
-    )
-    pauses = iter(STORAGE_PAUSES)
-    while True:
-        try:
-            return again_if_created_meanwhile(
-                create_it,
-                f"Optuna's storage of {name}",
-                raced=lambda error: isinstance(
-                    error, sqlalchemy.exc.IntegrityError | sqlalchemy.exc.ProgrammingError
-                ),
-                pause_seconds=(0.5, 1.5),
-            )
-        except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as error:
-            reason = redact(str(error.__cause__ or error).splitlines()[0])
-            pause = next(pauses, None)
-            if pause is None or not _unreachable(error):
-                where = redact(str(storage))
-                raise UserInputError(f"Optuna's storage {where}: {reason}") from error
-            # A worker started while the database restarts waits as the search would.
-            logger.warning("Optuna's storage cannot be reached (%s): again in %d s", reason, pause)
-            time.sleep(pause)
-
-
-class _SharedStorage(optuna.storages.RDBStorage):
-    """Optuna's database storage, adding to `created` the number of each trial this process
-    creates. Optuna 5.0.0 creates a trial, then reads it back (`Study.ask` ->
-    `Trial.__init__` -> `storage.get_trial`): a database that fails in between leaves a
-    RUNNING trial the objective never saw, known only by this record (`_fail_unfinished`).
-    Optuna's `_CachedStorage` calls `_create_new_trial`, not `create_new_trial`. Canary:
-    tests/test_workarounds.py::test_optuna_still_asks_for_a_trial_it_created_in_two_steps."""
-
-    def __init__(self, url: str, created: set[int]) -> None:
-        # Connections checked before use: one a database restart closed is replaced.
-        super().__init__(url, engine_kwargs={"pool_pre_ping": True})
-        self.created = created
-
-    def _create_new_trial(
-        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
-    ) -> optuna.trial.FrozenTrial:
-        trial = super()._create_new_trial(study_id, template_trial)
-        self.created.add(trial.number)
-        return trial
-
-
-def _unreachable(error: BaseException) -> bool:
-    """`error` says PostgreSQL could not be reached, or is shutting down or starting (a
-    restart: worth waiting for), rather than that it refused us (a password, a missing
-    database: worth one line now). psycopg's errors carry the server's SQLSTATE, None when
-    no server answered; other drivers' errors are not waited for."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.DBAPIError):
-            sqlstate = getattr(seen.orig, "sqlstate", "")
-            return sqlstate is None or sqlstate[:2] in ("08", "57")
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _storage_failed(error: BaseException) -> bool:
-    """`error` is, or was raised while handling, a failure of Optuna's storage. Optuna 5.0.0
-    (optuna/study/_optimize.py, `_run_trial`) raises UnboundLocalError for
-    `updated_state` when a trial's result and then the trial itself both fail to reach the
-    database; the storage's error is its context. Canary:
-    tests/test_workarounds.py::test_optuna_still_hides_a_storage_failure_behind_unboundlocalerror."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, optuna.exceptions.StorageInternalError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _fail_unfinished(study: optuna.Study, created: set[int]) -> None:
-    """The trials this process `created` that the storage's failure left RUNNING, ended
-    FAILED (another process sharing the study would otherwise count them as running for
-    good), and their MLflow runs with them (a run may have finished before its result was
-    lost; a trial caught while it was being created has none)."""
-    client = mlflow.MlflowClient()
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.number not in created:
-            continue
-        # Not suppressed: a failed tell is retried with the search (_optimize), or the
-        # trial would stay RUNNING for good.
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        if run_id := trial.user_attrs.get("mlflow_run_id"):
-            client.set_tag(
-                run_id, Tag.ERROR, "Optuna's storage failed before the trial's result was recorded"
-            )
-            client.set_terminated(run_id, Status.FAILED)
-
-
-def _finished(study: optuna.Study, created: set[int]) -> int:
-    """The trials this process `created` that the database holds finished: a result whose
-    answer the failure lost (committed, then the connection dropped) counts, as it should."""
-    states = (COMPLETE, PRUNED)
-    return sum(trial.number in created for trial in study.get_trials(False, states=states))
 
 
 class _Progress:
