@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -155,37 +154,18 @@ def test_your_own_table_from_init_to_a_registered_model(project: Path, tmp_path:
     assert len(classes) == len(rows) and set(classes) <= {0, 1}
 
 
-@pytest.fixture(scope="module")
-def shared_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """One store for the failing runs, each in its own experiment: no store is created
-    per case (about 2 s each)."""
-    return new_store(tmp_path_factory.mktemp("failures"))
-
-
-# One case per place a refusal comes from: the step's parser, and the job once the run
-# exists (every refusal is also a unit test, tests/test_train_basic.py). The `mlflow run`s
-# at once: each waits mostly on start-up.
-REFUSALS = {
+def test_a_bad_parameter_fails_the_run_in_one_line(project: Path, tmp_path: Path) -> None:
+    """A refusal through `mlflow run`: the run MLflow opened ends FAILED with the error, and
+    the step prints one line, no traceback. Each refusal of the job, once its run exists, is
+    a unit test (tests/test_train_basic.py); through `mlflow run`, batch_score's
+    (tests/test_e2e_batch_score.py)."""
+    store = new_store(tmp_path)
     # MLflow appends an unknown -P as --n_trials 5: the step's parser refuses it.
-    "n_trials=5": "unrecognized arguments: --n_trials 5",
-    "data_path=missing.csv": "data file not found: missing.csv",
-}
-
-
-def test_bad_input_fails_the_run(project: Path, shared_store: str) -> None:
-    def refused(parameter: str) -> subprocess.CompletedProcess[str]:
-        experiment = f"bad-{parameter.split('=')[0]}"
-        return mlflow_run(project, shared_store, ENTRY_POINT, parameter, experiment=experiment)
-
-    with ThreadPoolExecutor(max_workers=len(REFUSALS)) as pool:
-        results = dict(zip(REFUSALS, pool.map(refused, REFUSALS), strict=True))
-    client = use_store(shared_store)
-    for parameter, message in REFUSALS.items():
-        result = results[parameter]
-        assert result.returncode != 0, parameter
-        assert message in result.stderr
-        assert "Traceback" not in result.stderr.split("=== Run (ID")[0]  # the step's own output
-        experiment = f"bad-{parameter.split('=')[0]}"
-        (run,) = mlflow.search_runs(experiment_names=[experiment], output_format="list")
-        assert run.info.status == "FAILED" and message in run.data.tags[Tag.ERROR]
+    result = mlflow_run(project, store, ENTRY_POINT, "n_trials=5", experiment="bad-n_trials")
+    message = "unrecognized arguments: --n_trials 5"
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr.split("=== Run (ID")[0]  # the step's own output
+    client = use_store(store)
+    (run,) = mlflow.search_runs(experiment_names=["bad-n_trials"], output_format="list")
+    assert run.info.status == "FAILED" and message in run.data.tags[Tag.ERROR]
     assert client.search_registered_models() == []
