@@ -1,5 +1,6 @@
 import atexit
 import fcntl
+import gc
 import json
 import os
 import secrets
@@ -105,6 +106,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.unit)
     rank = {name: position for position, name in enumerate(SLOWEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection imported (MLflow, pandas, scikit-learn...) lives to the end of the
+    session: out of the cyclic collector's way, as a step's imports are
+    (runtime.interrupts). test_register.py and test_custom_model.py in one process, twice
+    each way: 3 to 7% less CPU."""
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
