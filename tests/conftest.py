@@ -46,7 +46,8 @@ from test_support.stack import stack_environment
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CHURN_CONFIG = PROJECT_DIR / "config" / "churn.yaml"
 # `-P config=...` of end-to-end tests that check wiring, not model quality (tests/fast.yaml).
-FAST_CONFIG = "config=tests/fast.yaml"
+FAST_CONFIG_FILE = Path("tests") / "fast.yaml"
+FAST_CONFIG = f"config={FAST_CONFIG_FILE}"
 CHURN_CSV = PROJECT_DIR / "data" / "wa_churn.csv"
 E2E_EXPERIMENT = "churn"  # what the README passes to `mlflow run --experiment-name`
 SERVICE_URI = "models:/churn-service@champion"  # what `custom_model` registers
@@ -165,7 +166,7 @@ def shipped_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
 
 def fast_config(overrides: dict[str, object] | None = None) -> ProjectConfig:
     """tests/fast.yaml (FAST_CONFIG), its paths absolute as in `shipped_config`."""
-    return _absolute(PROJECT_DIR / "tests" / "fast.yaml", overrides)
+    return _absolute(PROJECT_DIR / FAST_CONFIG_FILE, overrides)
 
 
 def _absolute(config: Path, overrides: dict[str, object] | None) -> ProjectConfig:

@@ -47,6 +47,7 @@ from tests.conftest import (
     CHURN_CONFIG,
     E2E_EXPERIMENT,
     FAST_CONFIG,
+    FAST_CONFIG_FILE,
     SERVICE_URI,
     STACK_SERVER_TIMEOUT,
     TRAINER,
@@ -149,7 +150,7 @@ def trainer_chain(
     optuna_password = team_stack.local.secrets[OPTUNA_DATABASE]
     storage = team_stack.local.settings.optuna_storage
     settings = {
-        "extends": str(stack_project / "tests" / "fast.yaml"),
+        "extends": str(stack_project / FAST_CONFIG_FILE),
         "tuning": {"storage": storage.replace("optuna@", f"optuna:{optuna_password}@")},
         # A canary: a setting named as a secret, logged with the config.
         "batch": {"spark": {"conf": {"spark.hadoop.fs.s3a.secret.key": SPARK_CANARY}}},

@@ -20,6 +20,7 @@ from tabular_mlops.jobs.train import train_basic
 from test_support import screenshots
 from tests.conftest import (
     CHROMIUM,
+    FAST_CONFIG_FILE,
     churn_frame,
     copy_of_trained_store,
     leave_no_run_behind,
@@ -198,7 +199,7 @@ def test_a_drifted_night_through_mlflow_run_asks_for_its_outcomes(
     drifted(night(6, rows=3000)).drop(columns=[TARGET]).to_csv(tmp_path / "night.csv", index=False)
     command = [sys.executable, "-m", "tabular_mlops.cli.nightly"]
     command += ["--input", str(tmp_path / "night.csv"), "--output", str(tmp_path / "scores")]
-    command += ["--config", "tests/fast.yaml"]
+    command += ["--config", str(FAST_CONFIG_FILE)]
     done = subprocess.run(
         command,
         cwd=project,

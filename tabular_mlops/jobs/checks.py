@@ -30,20 +30,21 @@ logger = logging.getLogger(__name__)
 # Params every check predicts with: the reasons are part of what must match.
 CHECK_PARAMS = {"explain": True}
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_STEP_PID = "TABULAR_MLOPS_CHECK_STEP_PID"  # the step's pid, as the check process sees it
-_FRESH_PROCESS_SCRATCH, _ISOLATED_ENV_SCRATCH = "fresh-process-", "isolated-env-"
-_SCRATCH_PREFIXES = (_FRESH_PROCESS_SCRATCH, _ISOLATED_ENV_SCRATCH)
+# What the step tells each check process: its own pid, and the scratch folder it made for
+# that check (the check's working directory).
+_STEP_PID, _SCRATCH = "TABULAR_MLOPS_CHECK_STEP_PID", "TABULAR_MLOPS_CHECK_SCRATCH"
 # Run first by each check's process. It runs without the cyclic collector: it lives for
 # one prediction, and its imports (MLflow, the model's libraries) took 3.4 s of CPU
 # instead of 4.3 s. And, as the leader of its own process group, on Linux: when
 # the step that started it dies, even killed outright (an OOM kill runs no handler in the
 # step), the check ends too, with every process it started (uv, the environment's Python),
-# and removes its folder, which the step no longer will. It ends by an error: MLflow
-# removes an environment it was building only then (mlflow.utils.file_utils.
-# remove_on_error catches errors, not interrupts; checked on 3.17.2), and a half-built one
-# would be reused as it is by every later check. The same on a stop the step passes on.
+# and removes the scratch folder the step made for it, which the step no longer will. It
+# ends by an error: MLflow removes an environment it was building only then
+# (mlflow.utils.file_utils.remove_on_error catches errors, not interrupts; checked on
+# 3.17.2), and a half-built one would be reused as it is by every later check. The same on
+# a stop the step passes on.
 _CHECK_PRELUDE = (
-    f"STEP_PID = {_STEP_PID!r}\nSCRATCH_PREFIXES = {_SCRATCH_PREFIXES!r}"
+    f"STEP_PID, SCRATCH = {_STEP_PID!r}, {_SCRATCH!r}"
     + """
 import ctypes, gc, os, shutil, signal, sys
 gc.disable()
@@ -57,11 +58,10 @@ def _end_with_the_step(signum, frame):
                 os.kill(pid, signal.SIGKILL)
         except OSError:  # ended meanwhile
             pass
-    here = os.getcwd()  # the scratch folder the step made for this check
-    if os.getppid() != _step and os.path.basename(here).startswith(SCRATCH_PREFIXES):
-        shutil.rmtree(here, ignore_errors=True)
+    if os.getppid() != _step:
+        shutil.rmtree(_scratch, ignore_errors=True)
     raise StepEnded(f"the step that started this check ended ({signal.Signals(signum).name})")
-_step = int(os.environ.pop(STEP_PID))
+_step, _scratch = int(os.environ.pop(STEP_PID)), os.environ.pop(SCRATCH)
 if sys.platform == "linux":
     signal.signal(signal.SIGTERM, _end_with_the_step)
     ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -151,7 +151,7 @@ def predict_in_process(model_dir: Path) -> dict[str, Any]:
 def predict_in_fresh_process(model_dir: Path, timeout_seconds: float) -> dict[str, Any]:
     """The same, from a new Python process in an empty directory without this project on
     its path; fails if the model's code is not its own `code/` or imports the project."""
-    with tempfile.TemporaryDirectory(prefix=_FRESH_PROCESS_SCRATCH) as scratch:
+    with tempfile.TemporaryDirectory(prefix="fresh-process-") as scratch:
         output = Path(scratch) / "predictions.json"
         command = [sys.executable, "-I", "-c", _FRESH_PROCESS_SCRIPT]
         command += [str(model_dir), str(output), str(_PROJECT_ROOT), json.dumps(CHECK_PARAMS)]
@@ -170,7 +170,7 @@ def predict_in_isolated_env(
 ) -> dict[str, Any]:
     """The same, as `mlflow models predict` answers: in a new environment built from the
     model's requirements (which install its wheel from `code/`), cached between calls."""
-    with tempfile.TemporaryDirectory(prefix=_ISOLATED_ENV_SCRATCH) as scratch:
+    with tempfile.TemporaryDirectory(prefix="isolated-env-") as scratch:
         request, output = Path(scratch) / "request.json", Path(scratch) / "predictions.json"
         serving_example = json.loads((model_dir / "serving_input_example.json").read_text())
         request.write_text(json.dumps(serving_example | {"params": CHECK_PARAMS}))
@@ -181,18 +181,19 @@ def predict_in_isolated_env(
         return json.loads(output.read_text())
 
 
-def _start(command: list[str], cwd: str) -> subprocess.Popen[str]:
-    """`command` in its own process group: `mlflow models predict` starts the model's
-    environment's Python, which must not outlive a timeout."""
+def _start(command: list[str], scratch: str) -> subprocess.Popen[str]:
+    """`command` in its own process group, in the `scratch` folder made for it:
+    `mlflow models predict` starts the model's environment's Python, which must not
+    outlive a timeout."""
     # PYTHONPATH would put this project on the path. PYTHONDONTWRITEBYTECODE would make the
     # cached isolated environment (installed by uv without bytecode) compile every module
     # it imports on every check: 14 s a call instead of 9.
     dropped = {"PYTHONPATH", "PYTHONDONTWRITEBYTECODE"}
     environment = {key: value for key, value in os.environ.items() if key not in dropped}
-    environment[_STEP_PID] = str(os.getpid())
+    environment |= {_STEP_PID: str(os.getpid()), _SCRATCH: scratch}
     return subprocess.Popen(
         command,
-        cwd=cwd,
+        cwd=scratch,
         env=environment,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
